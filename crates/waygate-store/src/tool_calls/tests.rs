@@ -1,0 +1,108 @@
+use crate::testing::sqlite;
+use crate::{CallOutcome, NewToolCall, QueueEvent, Store};
+
+async fn setup() -> (Store, tempfile::TempDir, String, String) {
+    let (store, dir) = sqlite().await;
+    let u = store.create_user("a@x", "pw", 1).await.unwrap();
+    let (d, _) = store.create_device(&u.id, "n", "p", &["desktop".into()], 1).await.unwrap();
+    store.heartbeat_instance("i1", 1_000, false).await.unwrap();
+    (store, dir, u.id, d.id)
+}
+
+fn call(user: &str, now: i64, ttl: i64) -> NewToolCall {
+    NewToolCall {
+        user_id: user.into(),
+        capability: "desktop".into(),
+        tool: "echo".into(),
+        args: serde_json::json!({"x": 1}),
+        device_id: None,
+        accepted_by: "i1".into(),
+        now,
+        expires_at: now + ttl,
+    }
+}
+
+#[tokio::test]
+async fn claim_needs_a_local_capable_device_and_is_fenced() {
+    let (store, _dir, user, dev) = setup().await;
+    let mut events = store.subscribe();
+    let row = store.insert_tool_call(&call(&user, 1_000, 30_000)).await.unwrap();
+    assert_eq!(events.recv().await.unwrap(), QueueEvent::NewCall { user_id: user.clone(), capability: "desktop".into() });
+
+    assert!(store.claim_tool_calls("i1", 1_001, 10_000, 10).await.unwrap().is_empty(), "device not connected here");
+    store.mark_device_connected(&dev, "i1", 1_001).await.unwrap();
+    assert!(store.claim_tool_calls("i2", 1_001, 10_000, 10).await.unwrap().is_empty(), "other instance has no device");
+    let claimed = store.claim_tool_calls("i1", 1_002, 10_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].id.as_str(), claimed[0].attempt), (row.id.as_str(), 1));
+    assert!(store.claim_tool_calls("i1", 1_003, 10_000, 10).await.unwrap().is_empty(), "claimed once");
+
+    let c = store.queue_counters(1_003).await.unwrap();
+    assert_eq!((c.pending, c.processing), (0, 1));
+
+    let done = CallOutcome::Completed { result: serde_json::json!("ok") };
+    assert!(!store.finish_claimed(&row.id, 0, "i1", Some(&dev), &done, 1_004).await.unwrap(), "stale attempt");
+    assert!(!store.finish_claimed(&row.id, 1, "i2", Some(&dev), &done, 1_004).await.unwrap(), "wrong claimer");
+    assert!(store.finish_claimed(&row.id, 1, "i1", Some(&dev), &done, 1_004).await.unwrap());
+    assert!(!store.finish_claimed(&row.id, 1, "i1", Some(&dev), &done, 1_005).await.unwrap(), "only once");
+    assert!(!store.expire_tool_call(&row.id, 1_006).await.unwrap(), "finished calls do not expire");
+    assert_eq!(events.recv().await.unwrap(), QueueEvent::Finished { call_id: row.id.clone() });
+
+    let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
+    assert_eq!(got.status, "completed");
+    assert_eq!(got.result.as_deref(), Some("\"ok\""));
+    assert_eq!(got.assigned_device_id.as_deref(), Some(dev.as_str()));
+    assert!(store.get_tool_call("someone-else", &row.id).await.unwrap().is_none());
+    let c = store.queue_counters(1_006).await.unwrap();
+    assert_eq!((c.processing, c.completed_last_hour), (0, 1));
+    assert_eq!(store.queue_counters(1_006 + 3_600_000).await.unwrap().completed_last_hour, 0, "an hour later");
+}
+
+#[tokio::test]
+async fn targeted_calls_only_go_to_their_device() {
+    let (store, _dir, user, dev) = setup().await;
+    let (other, _) = store.create_device(&user, "n2", "p", &["desktop".into()], 1).await.unwrap();
+    store.mark_device_connected(&other.id, "i1", 1_000).await.unwrap();
+    let mut c = call(&user, 1_000, 30_000);
+    c.device_id = Some(dev.clone());
+    store.insert_tool_call(&c).await.unwrap();
+    assert!(store.claim_tool_calls("i1", 1_001, 10_000, 10).await.unwrap().is_empty());
+    store.mark_device_connected(&dev, "i2", 1_001).await.unwrap();
+    assert_eq!(store.claim_tool_calls("i2", 1_002, 10_000, 10).await.unwrap()[0].device_id.as_deref(), Some(dev.as_str()));
+}
+
+#[tokio::test]
+async fn expiry_distinguishes_no_device_from_timeout() {
+    let (store, _dir, user, dev) = setup().await;
+    let never_claimed = store.insert_tool_call(&call(&user, 1_000, 100)).await.unwrap();
+    store.mark_device_connected(&dev, "i1", 1_000).await.unwrap();
+    let claimed = store.insert_tool_call(&call(&user, 1_000, 5_000)).await.unwrap();
+    // Only the second is still claimable at 1_200 (the first has passed its deadline).
+    let got = store.claim_tool_calls("i1", 1_200, 10_000, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].id, claimed.id);
+    assert_eq!(store.sweep_expired(1_200).await.unwrap(), [never_claimed.id.clone()]);
+    assert_eq!(store.sweep_expired(6_000).await.unwrap(), [claimed.id.clone()]);
+    let a = store.get_tool_call(&user, &never_claimed.id).await.unwrap().unwrap();
+    let b = store.get_tool_call(&user, &claimed.id).await.unwrap().unwrap();
+    assert_eq!((a.status.as_str(), a.error_code.as_deref()), ("failed", Some("no_capable_device")));
+    assert_eq!((b.status.as_str(), b.error_code.as_deref()), ("expired", Some("tool_call_timeout")));
+    let c = store.queue_counters(6_000).await.unwrap();
+    assert_eq!((c.failed_last_hour, c.expired_last_hour), (1, 1));
+    assert_eq!(store.prune_tool_calls(6_001).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn lapsed_leases_fail_once_and_renewal_keeps_them() {
+    let (store, _dir, user, dev) = setup().await;
+    store.mark_device_connected(&dev, "i1", 1_000).await.unwrap();
+    let row = store.insert_tool_call(&call(&user, 1_000, 60_000)).await.unwrap();
+    store.claim_tool_calls("i1", 1_000, 1_000, 10).await.unwrap();
+    assert_eq!(store.renew_leases("i1", 1_900, 1_000).await.unwrap(), 1);
+    assert!(store.fail_lapsed_leases(2_000).await.unwrap().is_empty(), "renewed to 2_900");
+    assert_eq!(store.fail_lapsed_leases(2_900).await.unwrap(), [row.id.clone()]);
+    let done = CallOutcome::Completed { result: serde_json::json!(1) };
+    assert!(!store.finish_claimed(&row.id, 1, "i1", None, &done, 3_000).await.unwrap(), "late writer changes nothing");
+    let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
+    assert_eq!((got.status.as_str(), got.error_code.as_deref()), ("failed", Some("device_disconnected")));
+}
