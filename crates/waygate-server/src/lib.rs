@@ -1,14 +1,21 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The waygate gateway: listeners, HTTP API, WebSocket connections, the device gateway with
+//! its tool-call dispatcher, and drain.
+//!
+//! ```no_run
+//! # async fn demo(config: waygate_config::Config) -> Result<(), waygate_server::BuildError> {
+//! let app = waygate_server::App::build(config, waygate_telemetry::LogHandle::noop()).await?;
+//! println!("listening on {}", app.http_addr());
+//! app.run_until(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod app;
+mod gateway;
+mod http;
+mod listener;
+mod metrics;
+mod reload;
+mod state;
+mod ws;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use app::{App, BuildError};

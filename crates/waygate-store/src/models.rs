@@ -49,6 +49,8 @@ pub struct RegisterTarget {
 
 #[derive(Debug, Clone)]
 pub struct NewToolCall {
+    /// Chosen by the caller so it can wait on the id before the row exists.
+    pub id: String,
     pub user_id: String,
     pub capability: String,
     pub tool: String,
@@ -94,6 +96,7 @@ pub struct Claimed {
     pub args: String,
     pub device_id: Option<String>,
     pub attempt: i64,
+    pub created_at: i64,
     pub expires_at: i64,
 }
 
@@ -101,5 +104,6 @@ pub struct Claimed {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallOutcome {
     Completed { result: Value },
-    Failed { code: String, message: String },
+    /// `detail` (for example the device's own error) is kept in the `result` column.
+    Failed { code: String, message: String, detail: Option<Value> },
 }

@@ -20,7 +20,7 @@ const EXPIRE_SET: &str = r#""status" = CASE WHEN "status" = 'pending' THEN 'fail
 
 impl Store {
     pub async fn insert_tool_call(&self, new: &NewToolCall) -> Result<ToolCallRow> {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = new.id.clone();
         let args = new.args.to_string();
         on_pool!(self, |pool| sqlx::query(
             r#"INSERT INTO "GatewayToolCall" ("id", "userId", "requiredCapability", "tool", "args", "deviceId",
@@ -96,7 +96,7 @@ impl Store {
                    ORDER BY c."createdAt"
                    LIMIT $4
                    {lock})
-               RETURNING "id", "userId", "requiredCapability", "tool", "args", "deviceId", "attempt", "expiresAt""#
+               RETURNING "id", "userId", "requiredCapability", "tool", "args", "deviceId", "attempt", "createdAt", "expiresAt""#
         );
         let rows = on_pool!(self, |pool| sqlx::query_as::<_, Claimed>(sqlx::AssertSqlSafe(sql))
             .bind(instance)
@@ -121,7 +121,9 @@ impl Store {
     ) -> Result<bool> {
         let (status, result, code, message) = match outcome {
             CallOutcome::Completed { result } => ("completed", Some(result.to_string()), None, None),
-            CallOutcome::Failed { code, message } => ("failed", None, Some(code.as_str()), Some(message.as_str())),
+            CallOutcome::Failed { code, message, detail } => {
+                ("failed", detail.as_ref().map(|d| d.to_string()), Some(code.as_str()), Some(message.as_str()))
+            }
         };
         let n = on_pool!(self, |pool| sqlx::query(
             r#"UPDATE "GatewayToolCall"
@@ -147,6 +149,25 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Gives a claimed call back to the queue (its device left before delivery), fenced like
+    /// `finish_claimed`. Other instances are woken as for a new call.
+    pub async fn release_claim(&self, id: &str, attempt: i64, instance: &str) -> Result<bool> {
+        let row: Option<(String, String)> = on_pool!(self, |pool| sqlx::query_as(
+            r#"UPDATE "GatewayToolCall" SET "status" = 'pending', "claimedBy" = NULL, "claimedAt" = NULL, "leaseExpiresAt" = NULL
+               WHERE "id" = $1 AND "attempt" = $2 AND "claimedBy" = $3 AND "status" = 'processing'
+               RETURNING "userId", "requiredCapability""#
+        )
+        .bind(id)
+        .bind(attempt)
+        .bind(instance)
+        .fetch_optional(pool)
+        .await)?;
+        if let Some((user_id, capability)) = &row {
+            self.events.send(QueueEvent::NewCall { user_id: user_id.clone(), capability: capability.clone() });
+        }
+        Ok(row.is_some())
+    }
+
     /// Fails a call that no instance has claimed yet (for example "no capable device online").
     pub async fn fail_unclaimed(&self, id: &str, code: &str, message: &str, now: i64) -> Result<bool> {
         let n = on_pool!(self, |pool| sqlx::query(
@@ -166,32 +187,37 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Ends one call whose deadline passed (see `EXPIRE_SET`). `false`: it had already finished.
-    pub async fn expire_tool_call(&self, id: &str, now: i64) -> Result<bool> {
+    /// Ends one call whose deadline passed (see `EXPIRE_SET`) and returns its new status;
+    /// `None`: it had already finished.
+    pub async fn expire_tool_call(&self, id: &str, now: i64) -> Result<Option<String>> {
         let sql = format!(
             r#"UPDATE "GatewayToolCall" SET {EXPIRE_SET}, "finishedAt" = $1
-               WHERE "id" = $2 AND "status" IN ('pending', 'processing')"#
+               WHERE "id" = $2 AND "status" IN ('pending', 'processing') RETURNING "status""#
         );
-        let n = on_pool!(self, |pool| sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<(String,)> = on_pool!(self, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(now)
             .bind(id)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))?;
-        if n > 0 {
+            .fetch_optional(pool)
+            .await)?;
+        if row.is_some() {
             self.events.send(QueueEvent::Finished { call_id: id.to_owned() });
         }
-        Ok(n > 0)
+        Ok(row.map(|(s,)| s))
     }
 
-    /// Ends every call whose deadline passed: the safety net when the accepting request is gone.
-    pub async fn sweep_expired(&self, now: i64) -> Result<Vec<String>> {
+    /// Ends every call whose deadline passed: the safety net when the accepting request is
+    /// gone. Returns `(id, new status)` pairs.
+    pub async fn sweep_expired(&self, now: i64) -> Result<Vec<(String, String)>> {
         let sql = format!(
             r#"UPDATE "GatewayToolCall" SET {EXPIRE_SET}, "finishedAt" = $1
-               WHERE "expiresAt" <= $1 AND "status" IN ('pending', 'processing') RETURNING "id""#
+               WHERE "expiresAt" <= $1 AND "status" IN ('pending', 'processing') RETURNING "id", "status""#
         );
-        let ids: Vec<(String,)> = on_pool!(self, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(pool).await)?;
-        Ok(self.announce_finished(ids))
+        let rows: Vec<(String, String)> =
+            on_pool!(self, |pool| sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(now).fetch_all(pool).await)?;
+        for (id, _) in &rows {
+            self.events.send(QueueEvent::Finished { call_id: id.clone() });
+        }
+        Ok(rows)
     }
 
     /// Fails calls whose claimer stopped renewing its lease (crashed or partitioned). The call

@@ -11,6 +11,7 @@ async fn setup() -> (Store, tempfile::TempDir, String, String) {
 
 fn call(user: &str, now: i64, ttl: i64) -> NewToolCall {
     NewToolCall {
+        id: uuid::Uuid::now_v7().to_string(),
         user_id: user.into(),
         capability: "desktop".into(),
         tool: "echo".into(),
@@ -45,7 +46,7 @@ async fn claim_needs_a_local_capable_device_and_is_fenced() {
     assert!(!store.finish_claimed(&row.id, 1, "i2", Some(&dev), &done, 1_004).await.unwrap(), "wrong claimer");
     assert!(store.finish_claimed(&row.id, 1, "i1", Some(&dev), &done, 1_004).await.unwrap());
     assert!(!store.finish_claimed(&row.id, 1, "i1", Some(&dev), &done, 1_005).await.unwrap(), "only once");
-    assert!(!store.expire_tool_call(&row.id, 1_006).await.unwrap(), "finished calls do not expire");
+    assert_eq!(store.expire_tool_call(&row.id, 1_006).await.unwrap(), None, "finished calls do not expire");
     assert_eq!(events.recv().await.unwrap(), QueueEvent::Finished { call_id: row.id.clone() });
 
     let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
@@ -81,8 +82,8 @@ async fn expiry_distinguishes_no_device_from_timeout() {
     let got = store.claim_tool_calls("i1", 1_200, 10_000, 10).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, claimed.id);
-    assert_eq!(store.sweep_expired(1_200).await.unwrap(), [never_claimed.id.clone()]);
-    assert_eq!(store.sweep_expired(6_000).await.unwrap(), [claimed.id.clone()]);
+    assert_eq!(store.sweep_expired(1_200).await.unwrap(), [(never_claimed.id.clone(), "failed".to_owned())]);
+    assert_eq!(store.sweep_expired(6_000).await.unwrap(), [(claimed.id.clone(), "expired".to_owned())]);
     let a = store.get_tool_call(&user, &never_claimed.id).await.unwrap().unwrap();
     let b = store.get_tool_call(&user, &claimed.id).await.unwrap().unwrap();
     assert_eq!((a.status.as_str(), a.error_code.as_deref()), ("failed", Some("no_capable_device")));
@@ -105,4 +106,21 @@ async fn lapsed_leases_fail_once_and_renewal_keeps_them() {
     assert!(!store.finish_claimed(&row.id, 1, "i1", None, &done, 3_000).await.unwrap(), "late writer changes nothing");
     let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
     assert_eq!((got.status.as_str(), got.error_code.as_deref()), ("failed", Some("device_disconnected")));
+}
+
+#[tokio::test]
+async fn released_claims_return_to_the_queue_once() {
+    let (store, _dir, user, dev) = setup().await;
+    store.mark_device_connected(&dev, "i1", 1_000).await.unwrap();
+    let row = store.insert_tool_call(&call(&user, 1_000, 60_000)).await.unwrap();
+    let c = store.claim_tool_calls("i1", 1_001, 10_000, 10).await.unwrap();
+    assert!(!store.release_claim(&row.id, c[0].attempt, "i2").await.unwrap(), "only the claimer releases");
+    assert!(store.release_claim(&row.id, c[0].attempt, "i1").await.unwrap());
+    assert!(!store.release_claim(&row.id, c[0].attempt, "i1").await.unwrap());
+    let again = store.claim_tool_calls("i1", 1_002, 10_000, 10).await.unwrap();
+    assert_eq!(again[0].attempt, 2, "a new claim gets a new fencing token");
+    let failed = CallOutcome::Failed { code: "tool_call_failed".into(), message: "boom".into(), detail: Some(serde_json::json!({"code": "E1"})) };
+    assert!(store.finish_claimed(&row.id, 2, "i1", Some(&dev), &failed, 1_003).await.unwrap());
+    let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
+    assert_eq!(got.result.as_deref(), Some(r#"{"code":"E1"}"#));
 }

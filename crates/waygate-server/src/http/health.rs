@@ -1,0 +1,48 @@
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::error::ApiError;
+use crate::state::AppState;
+
+/// Liveness: 200 while the process serves requests.
+pub async fn live() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: 200 only when backends answer and the instance is not draining.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let mut reasons = Vec::new();
+    if state.lifecycle.is_draining() {
+        reasons.push("draining".to_owned());
+    }
+    let database = match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: timed out".to_owned(),
+    };
+    state.metrics.backend_database.set(if database == "ok" { 1.0 } else { 0.0 });
+    if database != "ok" {
+        reasons.push("database unreachable".to_owned());
+    }
+    let checks = json!({ "database": if database == "ok" { "ok" } else { "unreachable" } });
+    if reasons.is_empty() {
+        return Json(json!({ "status": "ready", "checks": checks })).into_response();
+    }
+    ApiError::unavailable(format!("not ready: {}", reasons.join(", ")))
+        .with_detail("reasons", reasons)
+        .with_detail("checks", checks)
+        .into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.registry.render(),
+    )
+        .into_response()
+}

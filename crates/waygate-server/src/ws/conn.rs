@@ -1,0 +1,329 @@
+//! One task per connection owns the socket and drives it from a single biased `select!` over
+//! the drain deadline, its outbox, socket readiness and the heartbeat. Replies to the client's
+//! own requests are written straight to the socket (no hop through another task or queue).
+
+use std::borrow::Cow;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use waygate_proto::{ErrorCode, ErrorEnvelope, close};
+use waygate_ws::{Message, OpCode, WsError, WsStream};
+
+use super::Slot;
+use super::outbox::ConnShared;
+use super::rate::{RateLimiter, Verdict};
+use crate::gateway::session::DeviceSession;
+use crate::state::AppState;
+
+/// How long a closing connection waits for its close frame to go out and the peer's answer.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Heartbeats a peer may miss before it is considered gone.
+const MAX_MISSED_PONGS: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Realtime actions; a `register` message makes it a device connection too.
+    Realtime,
+    /// Device messages only (`/api/gateway/ws*`).
+    DeviceOnly,
+}
+
+/// Why the connection ends: the close code and reason to send, if any.
+pub(crate) type Close = Option<(u16, Cow<'static, str>)>;
+
+/// What a handler asks the loop to do next.
+pub(crate) enum Flow {
+    Continue,
+    Close(u16, Cow<'static, str>),
+}
+
+/// The fields every inbound text message is routed on; the rest stays unparsed.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
+pub(crate) struct Connection {
+    pub state: AppState,
+    pub shared: Arc<ConnShared>,
+    pub ws: WsStream,
+    kind: PathKind,
+    rate: RateLimiter,
+    missed_pongs: u8,
+    active_since_tick: bool,
+    pub device: Option<DeviceSession>,
+    _slot: Slot,
+}
+
+impl Connection {
+    pub fn new(state: AppState, ws: WsStream, kind: PathKind, slot: Slot) -> Connection {
+        let shared = Arc::new(ConnShared::new(rand::random()));
+        let rps = state.live.messages_per_second.load(std::sync::atomic::Ordering::Relaxed);
+        Connection {
+            state,
+            shared,
+            ws,
+            kind,
+            rate: RateLimiter::new(rps, Instant::now()),
+            missed_pongs: 0,
+            active_since_tick: false,
+            device: None,
+            _slot: slot,
+        }
+    }
+
+    pub fn connection_id(&self) -> String {
+        format!("{:032x}", self.shared.id)
+    }
+
+    pub async fn run(mut self) {
+        let m = &self.state.metrics;
+        m.ws_total.increment(1);
+        m.ws_active.increment(1.0);
+        self.state.conns.insert(self.shared.clone());
+        tracing::debug!(connection_id = %self.connection_id(), "connection opened");
+
+        let close = self.serve().await;
+        let code = match close {
+            Some((code, reason)) => {
+                self.ws.queue_close(code, &reason);
+                let _ = tokio::time::timeout(CLOSE_LINGER, self.ws.finish_close()).await;
+                code
+            }
+            None => 1006,
+        };
+        self.state.metrics.closed(code);
+        self.state.conns.remove(self.shared.id);
+        if let Some(device) = self.device.take() {
+            device.disconnected(&self.state, &self.shared).await;
+        }
+        self.state.metrics.ws_active.decrement(1.0);
+        tracing::debug!(connection_id = %format!("{:032x}", self.shared.id), code, "connection closed");
+    }
+
+    async fn serve(&mut self) -> Close {
+        let welcome = waygate_proto::realtime::Welcome::new(
+            self.connection_id(),
+            self.state.config.heartbeat.as_millis() as u64,
+            waygate_telemetry::now_rfc3339(),
+        );
+        if self.send_json(&welcome).is_err() {
+            return None;
+        }
+        let period = self.state.config.heartbeat;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let state = self.state.clone();
+        let shared = self.shared.clone();
+        loop {
+            let pending = self.ws.has_pending_output();
+            tokio::select! {
+                biased;
+                _ = state.lifecycle.close_connections.cancelled() => {
+                    return Some((close::GOING_AWAY, Cow::Borrowed("gateway draining")));
+                }
+                _ = shared.notified() => {
+                    if let Some((code, reason)) = shared.kicked() {
+                        if code == close::TRY_AGAIN_LATER {
+                            state.metrics.slow_consumer.increment(1);
+                        }
+                        return Some((code, Cow::Borrowed(reason)));
+                    }
+                }
+                r = self.ws.readable() => {
+                    if r.is_err() {
+                        return None;
+                    }
+                    if let Flow::Close(code, reason) = self.read_available().await {
+                        return Some((code, reason));
+                    }
+                }
+                r = self.ws.writable(), if pending => {
+                    if r.is_err() {
+                        return None;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.missed_pongs >= MAX_MISSED_PONGS {
+                        return Some((close::HEARTBEAT_TIMEOUT, Cow::Borrowed("heartbeat timeout")));
+                    }
+                    self.missed_pongs += 1;
+                    self.ws.queue(waygate_ws::frame(OpCode::Ping, b""));
+                    if !self.active_since_tick {
+                        self.ws.release_idle_buffers();
+                    }
+                    self.active_since_tick = false;
+                }
+            }
+            // Take queued frames only once the socket has caught up, so a stalled reader
+            // leaves them in the bounded outbox where producers see it fill.
+            if !self.ws.has_pending_output() && !shared.is_empty() {
+                shared.drain_into(|f| self.ws.queue(f));
+            }
+            if self.ws.has_pending_output() && self.ws.flush().is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads what the socket has and handles every complete message in it.
+    async fn read_available(&mut self) -> Flow {
+        match self.ws.fill() {
+            Ok(_) => {}
+            Err(e) => return Self::on_error(e),
+        }
+        loop {
+            match self.ws.next_message() {
+                Ok(Some(msg)) => {
+                    if let Flow::Close(code, reason) = self.on_message(msg).await {
+                        return Flow::Close(code, reason);
+                    }
+                }
+                Ok(None) => return Flow::Continue,
+                Err(e) => return Self::on_error(e),
+            }
+        }
+    }
+
+    fn on_error(e: WsError) -> Flow {
+        match e.close_code() {
+            Some(code) => Flow::Close(code, Cow::Owned(e.to_string())),
+            None => Flow::Close(close::NORMAL, Cow::Borrowed("")),
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Flow {
+        self.missed_pongs = 0;
+        self.active_since_tick = true;
+        match msg {
+            Message::Text(text) => {
+                self.state.metrics.messages_in.increment(1);
+                let rps = self.state.live.messages_per_second.load(std::sync::atomic::Ordering::Relaxed);
+                match self.rate.check(rps, Instant::now()) {
+                    Verdict::Allow => self.on_text(text).await,
+                    Verdict::Refuse => {
+                        self.state.metrics.rate_limited.increment(1);
+                        self.send_error(None, ErrorCode::RateLimited, "message rate limit exceeded; slow down");
+                        Flow::Continue
+                    }
+                    Verdict::Abuse => {
+                        self.state.metrics.rate_limited.increment(1);
+                        Flow::Close(close::POLICY_VIOLATION, Cow::Borrowed("message rate limit exceeded"))
+                    }
+                }
+            }
+            Message::Binary(_) => {
+                self.send_error(None, ErrorCode::BadRequest, "binary messages are not accepted on this path; send JSON text");
+                Flow::Continue
+            }
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+            Message::Close(frame) => {
+                let code = frame.map_or(close::NORMAL, |f| f.code);
+                Flow::Close(code, Cow::Borrowed(""))
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: Bytes) -> Flow {
+        let env: Envelope<'_> = match serde_json::from_slice(&text) {
+            Ok(env) => env,
+            Err(e) if e.is_data() => {
+                self.send_error(None, ErrorCode::BadRequest, "message must be a JSON object");
+                return Flow::Continue;
+            }
+            Err(_) => {
+                self.send_error(None, ErrorCode::BadRequest, "message is not valid JSON");
+                return Flow::Continue;
+            }
+        };
+        let id = env.id;
+        if let Some(kind) = env.kind.as_deref() {
+            return match kind {
+                "register" | "tool_result" => crate::gateway::session::on_device_message(self, &text, id).await,
+                other => {
+                    let msg = format!("unknown message type {other:?}");
+                    self.send_error(id, ErrorCode::UnknownAction, &msg);
+                    Flow::Continue
+                }
+            };
+        }
+        match (self.kind, env.action.as_deref()) {
+            (PathKind::Realtime, Some("ping")) => {
+                self.send_pong(id);
+                Flow::Continue
+            }
+            (_, Some(action)) => {
+                let msg = match self.kind {
+                    PathKind::DeviceOnly => format!("unknown action {action:?}: this path accepts device messages only"),
+                    PathKind::Realtime => format!("unknown action {action:?}"),
+                };
+                self.send_error(id, ErrorCode::UnknownAction, &msg);
+                Flow::Continue
+            }
+            (_, None) => {
+                self.send_error(id, ErrorCode::BadRequest, "message needs an \"action\" (or a device \"type\")");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// `{"type":"pong","ts":…}` written from a stack buffer: the echo path allocates nothing.
+    fn send_pong(&mut self, id: Option<&RawValue>) {
+        let mut buf = [0u8; 256];
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        let ts = waygate_telemetry::now_millis();
+        let fits = match id {
+            Some(id) => write!(cur, r#"{{"type":"pong","ts":{ts},"id":{}}}"#, id.get()),
+            None => write!(cur, r#"{{"type":"pong","ts":{ts}}}"#),
+        };
+        if fits.is_ok() {
+            let n = cur.position() as usize;
+            self.send_text(&buf[..n]);
+        } else {
+            let id = id.map(|i| i.get()).unwrap_or("null");
+            self.send_text(format!(r#"{{"type":"pong","ts":{ts},"id":{id}}}"#).as_bytes());
+        }
+    }
+
+    pub fn send_text(&mut self, payload: &[u8]) {
+        self.state.metrics.messages_out.increment(1);
+        // A failed write surfaces as an error on the next read or flush; nothing to do here.
+        let _ = self.ws.send(OpCode::Text, payload);
+    }
+
+    pub fn send_json<T: serde::Serialize>(&mut self, value: &T) -> Result<(), WsError> {
+        let text = serde_json::to_vec(value).expect("wire types serialize");
+        self.state.metrics.messages_out.increment(1);
+        self.ws.send(OpCode::Text, &text)
+    }
+
+    /// An error frame in the SPEC 3 envelope, echoing the request `id`. Each carries a fresh
+    /// correlation id that is also logged, so a client report leads to the log line.
+    pub fn send_error(&mut self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+        let ids = crate::http::ids::RequestIds::generate();
+        tracing::info!(
+            connection_id = %self.connection_id(),
+            correlation_id = %ids.correlation_id,
+            code = code.as_str(),
+            message,
+            "error frame sent"
+        );
+        let id = id.and_then(|raw| serde_json::from_str(raw.get()).ok());
+        let env = ErrorEnvelope::new(code, message, ids.correlation_id, ids.trace_id).into_frame(id);
+        let _ = self.send_json(&env);
+    }
+}
+
+/// A complete text frame holding `value` as JSON, ready to share between connections.
+pub fn frame_json<T: serde::Serialize>(value: &T) -> Bytes {
+    waygate_ws::text_frame(&serde_json::to_vec(value).expect("wire types serialize"))
+}
