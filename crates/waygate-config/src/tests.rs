@@ -56,11 +56,8 @@ fn defaults_are_valid_and_match_the_spec() {
 #[test]
 fn precedence_is_flag_then_env_then_file_then_default() {
     let file = "websocket_port = 1111\ngateway_ws_port = 2222\nwaygate_region = \"file\"\n";
-    let (l, _f) = layers(
-        &[("WEBSOCKET_PORT", "3333")],
-        &[("WEBSOCKET_PORT", "4444"), ("GATEWAY_WS_PORT", "5555")],
-        Some(file),
-    );
+    let (l, _f) =
+        layers(&[("WEBSOCKET_PORT", "3333")], &[("WEBSOCKET_PORT", "4444"), ("GATEWAY_WS_PORT", "5555")], Some(file));
     let c = Config::load(l).unwrap();
     assert_eq!(c.websocket_port, 3333, "flag wins");
     assert_eq!(c.gateway_ws_port, Some(5555), "env beats file");
@@ -201,4 +198,14 @@ fn seed_resource_name_template_is_expressible() {
     let t = "core42:aicloud:{region}:{tenant_id}:{project_id}:gpuaas/allocation:{allocation_id}";
     let c = Config::from_pairs([("WAYGATE_RESOURCE_NAME_TEMPLATE", t)]).unwrap();
     assert_eq!(c.resource_name_template, t);
+}
+
+#[test]
+fn configuration_docs_are_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == docs_markdown(),
+        "docs/configuration.md is stale: run `cargo run -- config docs > docs/configuration.md`"
+    );
 }

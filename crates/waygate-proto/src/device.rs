@@ -29,9 +29,7 @@ impl RegisterDeviceRequest {
             problems.push("platform must be 1-32 characters".to_owned());
         }
         if self.capabilities.is_empty() || self.capabilities.len() > MAX_CAPABILITIES {
-            problems.push(format!(
-                "capabilities must list 1-{MAX_CAPABILITIES} entries"
-            ));
+            problems.push(format!("capabilities must list 1-{MAX_CAPABILITIES} entries"));
         }
         for cap in &self.capabilities {
             if !is_valid_capability(cap) {
@@ -44,9 +42,7 @@ impl RegisterDeviceRequest {
 
 pub fn is_valid_capability(cap: &str) -> bool {
     (1..=64).contains(&cap.len())
-        && cap
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && cap.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,10 +113,10 @@ impl ToolCallRequest {
         if self.tool.is_empty() || self.tool.len() > 128 {
             problems.push("tool must be 1-128 characters".to_owned());
         }
-        if let Some(t) = self.timeout_ms {
-            if !(1..=MAX_TOOL_CALL_TIMEOUT_MS).contains(&t) {
-                problems.push(format!("timeoutMs must be 1-{MAX_TOOL_CALL_TIMEOUT_MS}"));
-            }
+        if let Some(t) = self.timeout_ms
+            && !(1..=MAX_TOOL_CALL_TIMEOUT_MS).contains(&t)
+        {
+            problems.push(format!("timeoutMs must be 1-{MAX_TOOL_CALL_TIMEOUT_MS}"));
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
@@ -163,10 +159,7 @@ impl ToolCallStatus {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            ToolCallStatus::Completed | ToolCallStatus::Failed | ToolCallStatus::Expired
-        )
+        matches!(self, ToolCallStatus::Completed | ToolCallStatus::Failed | ToolCallStatus::Expired)
     }
 }
 
@@ -248,11 +241,7 @@ pub enum DeviceMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GatewayMessage {
     #[serde(rename_all = "camelCase")]
-    Ack {
-        device_id: String,
-        session_id: String,
-        heartbeat_interval_ms: u64,
-    },
+    Ack { device_id: String, session_id: String, heartbeat_interval_ms: u64 },
     #[serde(rename_all = "camelCase")]
     ToolCall {
         call_id: String,
@@ -291,8 +280,7 @@ mod tests {
 
     #[test]
     fn tool_call_defaults() {
-        let r: ToolCallRequest =
-            serde_json::from_str(r#"{"capability":"desktop","tool":"echo"}"#).unwrap();
+        let r: ToolCallRequest = serde_json::from_str(r#"{"capability":"desktop","tool":"echo"}"#).unwrap();
         assert!(r.wait && r.wait_for_device);
         assert_eq!(r.timeout_ms(), DEFAULT_TOOL_CALL_TIMEOUT_MS);
         assert_eq!(r.args, Value::Null);
@@ -300,10 +288,9 @@ mod tests {
 
     #[test]
     fn device_messages_use_contract_names() {
-        let m: DeviceMessage = serde_json::from_str(
-            r#"{"type":"register","deviceId":"d","sessionToken":"t","protocolVersion":1}"#,
-        )
-        .unwrap();
+        let m: DeviceMessage =
+            serde_json::from_str(r#"{"type":"register","deviceId":"d","sessionToken":"t","protocolVersion":1}"#)
+                .unwrap();
         assert!(matches!(m, DeviceMessage::Register { .. }));
         let m: DeviceMessage = serde_json::from_str(
             r#"{"type":"tool_result","callId":"c","ok":false,"error":{"code":"x","message":"y"}}"#,

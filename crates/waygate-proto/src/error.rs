@@ -127,10 +127,7 @@ impl ErrorEnvelope {
                 code,
                 message: message.into(),
                 correlation_id: correlation_id.into(),
-                details: ErrorDetails {
-                    trace_id: trace_id.into(),
-                    extra: serde_json::Map::new(),
-                },
+                details: ErrorDetails { trace_id: trace_id.into(), extra: serde_json::Map::new() },
             },
         }
     }
@@ -175,10 +172,26 @@ mod tests {
     fn as_str_matches_serde_names() {
         use ErrorCode::*;
         for code in [
-            BadRequest, Unauthorized, Forbidden, NotFound, Conflict, RateLimited,
-            PayloadTooLarge, ServiceUnavailable, InternalError, TokenInvalid, TokenExpired,
-            TokenReplayed, TokenInQueryForbidden, NoCapableDevice, DeviceDisconnected,
-            ToolCallTimeout, ToolCallFailed, SlowConsumer, UnknownAction, AgentUnavailable,
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Conflict,
+            RateLimited,
+            PayloadTooLarge,
+            ServiceUnavailable,
+            InternalError,
+            TokenInvalid,
+            TokenExpired,
+            TokenReplayed,
+            TokenInQueryForbidden,
+            NoCapableDevice,
+            DeviceDisconnected,
+            ToolCallTimeout,
+            ToolCallFailed,
+            SlowConsumer,
+            UnknownAction,
+            AgentUnavailable,
             RouteFailed,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());

@@ -85,7 +85,11 @@ impl App {
         lc.background.spawn(crate::gateway::dispatch::run(state.clone()));
         lc.background.spawn(crate::gateway::dispatch::pump_events(state.clone()));
         lc.background.spawn(crate::gateway::maintenance::run(state.clone()));
-        lc.background.spawn(crate::listener::accept_loop(self.main, crate::http::main_router(state.clone()), state.clone()));
+        lc.background.spawn(crate::listener::accept_loop(
+            self.main,
+            crate::http::main_router(state.clone()),
+            state.clone(),
+        ));
         if let Some(ws) = self.ws {
             lc.background.spawn(crate::listener::accept_loop(ws, crate::http::ws_router(state.clone()), state.clone()));
         }
@@ -109,7 +113,10 @@ async fn drain(state: &AppState) {
 
     lc.connections.close();
     if tokio::time::timeout(timeout, lc.connections.wait()).await.is_err() {
-        tracing::info!(connections = state.conns.count(), "drain timeout reached: closing remaining connections with 1001");
+        tracing::info!(
+            connections = state.conns.count(),
+            "drain timeout reached: closing remaining connections with 1001"
+        );
         lc.close_connections.cancel();
         if tokio::time::timeout(Duration::from_secs(5), lc.connections.wait()).await.is_err() {
             tracing::warn!("some connections did not finish closing");

@@ -24,7 +24,10 @@ impl Metrics {
         let r = Registry::new();
         r.describe_gauge(names::WS_CONNECTIONS_ACTIVE, "Open WebSocket connections on this instance");
         r.describe_counter(names::WS_CONNECTIONS_TOTAL, "WebSocket connections accepted");
-        r.describe_counter(names::WS_UPGRADE_REJECTED_TOTAL, "WebSocket upgrades refused before the handshake, by reason");
+        r.describe_counter(
+            names::WS_UPGRADE_REJECTED_TOTAL,
+            "WebSocket upgrades refused before the handshake, by reason",
+        );
         r.describe_counter(names::WS_MESSAGES_IN_TOTAL, "WebSocket messages received");
         r.describe_counter(names::WS_MESSAGES_OUT_TOTAL, "WebSocket messages queued to clients");
         r.describe_counter(names::WS_CLOSED_TOTAL, "WebSocket connections closed, by close code");
@@ -32,7 +35,10 @@ impl Metrics {
         r.describe_counter(names::WS_RATE_LIMITED_TOTAL, "Inbound messages refused by the per-connection rate limit");
         r.describe_counter(names::HTTP_REQUESTS_TOTAL, "HTTP requests answered, by status class");
         r.describe_gauge(names::DEVICES_CONNECTED, "Devices registered on this instance's sockets");
-        r.describe_counter(names::DEVICE_REGISTRATIONS_TOTAL, "Device API registrations and WS register attempts, by outcome");
+        r.describe_counter(
+            names::DEVICE_REGISTRATIONS_TOTAL,
+            "Device API registrations and WS register attempts, by outcome",
+        );
         r.describe_counter(names::TOOL_CALLS_TOTAL, "Tool calls finished, by outcome");
         r.describe_histogram(names::TOOL_CALL_DURATION, "Tool call time from acceptance to result");
         r.describe_gauge(names::DISPATCH_QUEUE_DEPTH, "Tool calls in the queue cluster-wide, by status");
@@ -40,7 +46,10 @@ impl Metrics {
         r.describe_counter(names::CONFIG_RELOADS_TOTAL, "config.reload commands applied, by outcome");
         r.describe_gauge(names::BACKEND_UP, "1 when a backend answered its last check");
         r.describe_counter(names::TERMINAL_WS_EVENTS_TOTAL, "Terminal WebSocket events, by outcome and reason");
-        r.describe_counter(names::TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL, "Terminal tokens refused because they were already used");
+        r.describe_counter(
+            names::TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL,
+            "Terminal tokens refused because they were already used",
+        );
         r.describe_counter(names::WS_NOTIFICATIONS_WRITE_ERRORS_TOTAL, "Relay and notification writes that failed");
         r.describe_gauge(names::TERMINAL_SESSIONS_ACTIVE, "Open terminal sessions on this instance");
         let m = Metrics {
@@ -59,7 +68,8 @@ impl Metrics {
             registry: r,
         };
         // Series that alerts and dashboards query exist from the start, at zero.
-        for reason in ["draining", "max_connections", "max_connections_per_ip", "origin", "bad_request", "unauthorized"] {
+        for reason in ["draining", "max_connections", "max_connections_per_ip", "origin", "bad_request", "unauthorized"]
+        {
             m.upgrade_rejected(reason).increment(0);
         }
         for outcome in ["completed", "failed", "expired"] {

@@ -91,7 +91,8 @@ async fn login_sets_a_cookie_and_wrong_passwords_are_refused() {
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("waygate_session=") && cookie.contains("HttpOnly"), "{cookie}");
     let session = cookie.split(';').next().unwrap().to_owned();
-    let me: Value = app.client.get(app.url("/api/auth/me")).header("Cookie", session).send().await.unwrap().json().await.unwrap();
+    let me: Value =
+        app.client.get(app.url("/api/auth/me")).header("Cookie", session).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["email"], "ada@example.com");
     let me = app.get(&user, "/api/auth/me").await;
     assert_eq!(me.status(), 200, "bearer works too");
@@ -110,7 +111,10 @@ async fn device_registration_validates_every_field() {
         (json!({"name": "n", "platform": "", "capabilities": ["a"]}), "platform"),
         (json!({"name": "n", "platform": "p".repeat(33), "capabilities": ["a"]}), "platform"),
         (json!({"name": "n", "platform": "web", "capabilities": []}), "capabilities"),
-        (json!({"name": "n", "platform": "web", "capabilities": (0..33).map(|i| format!("c{i}")).collect::<Vec<_>>()}), "capabilities"),
+        (
+            json!({"name": "n", "platform": "web", "capabilities": (0..33).map(|i| format!("c{i}")).collect::<Vec<_>>()}),
+            "capabilities",
+        ),
         (json!({"name": "n", "platform": "web", "capabilities": ["Has Space"]}), "capability"),
         (json!({"name": "n", "platform": "web", "capabilities": ["a".repeat(65)]}), "capability"),
         (json!({"name": "n", "platform": "web"}), "capabilities"),
@@ -222,7 +226,12 @@ async fn config_reload_needs_the_control_plane_token() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let config = waygate_config::Config::load(waygate_config::Layers { flags, env: Default::default(), file: Some(file.clone()) }).unwrap();
+    let config = waygate_config::Config::load(waygate_config::Layers {
+        flags,
+        env: Default::default(),
+        file: Some(file.clone()),
+    })
+    .unwrap();
     let app = waygate_server::App::build(config, waygate_telemetry::LogHandle::noop()).await.unwrap();
     let base = format!("http://{}", app.http_addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -111,7 +111,11 @@ async fn register_with_a_bad_token_gets_token_invalid_and_4401() {
     let reg = app.register_device(&user, &["desktop"]).await;
     for (device, token) in [(reg["deviceId"].as_str().unwrap(), "wrong-token"), ("no-such-device", "x")] {
         let (mut ws, _) = connect_welcomed(&app.ws_url("/api/gateway/ws")).await;
-        send_json(&mut ws, json!({"type": "register", "deviceId": device, "sessionToken": token, "protocolVersion": 1})).await;
+        send_json(
+            &mut ws,
+            json!({"type": "register", "deviceId": device, "sessionToken": token, "protocolVersion": 1}),
+        )
+        .await;
         let err = recv_json(&mut ws).await;
         assert_eq!(err["type"], "error");
         assert_envelope(&err, "token_invalid");

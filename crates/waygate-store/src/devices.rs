@@ -40,12 +40,14 @@ impl Store {
             .await?;
             let mut seen = std::collections::HashSet::new();
             for cap in capabilities.iter().filter(|c| seen.insert(c.as_str())) {
-                sqlx::query(r#"INSERT INTO "GatewayDeviceCapability" ("deviceId", "userId", "capability") VALUES ($1, $2, $3)"#)
-                    .bind(&id)
-                    .bind(user_id)
-                    .bind(cap)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    r#"INSERT INTO "GatewayDeviceCapability" ("deviceId", "userId", "capability") VALUES ($1, $2, $3)"#,
+                )
+                .bind(&id)
+                .bind(user_id)
+                .bind(cap)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await
         })?;
@@ -64,7 +66,9 @@ impl Store {
     }
 
     pub async fn list_devices(&self, user_id: &str, now: i64) -> Result<Vec<DeviceRow>> {
-        let sql = format!(r#"SELECT {DEVICE_COLUMNS} FROM "GatewayDevice" d WHERE d."userId" = $2 ORDER BY d."createdAt", d."id""#);
+        let sql = format!(
+            r#"SELECT {DEVICE_COLUMNS} FROM "GatewayDevice" d WHERE d."userId" = $2 ORDER BY d."createdAt", d."id""#
+        );
         let rows = on_pool!(self, |pool| sqlx::query_as::<_, DeviceRow>(sqlx::AssertSqlSafe(sql))
             .bind(now - INSTANCE_STALE_MS)
             .bind(user_id)
@@ -145,7 +149,8 @@ impl Store {
         device_id: Option<&str>,
         now: i64,
     ) -> Result<(bool, bool)> {
-        let row: (i64, i64) = on_pool!(self, |pool| sqlx::query_as(
+        let row: (i64, i64) = on_pool!(self, |pool| {
+            sqlx::query_as(
             r#"SELECT COUNT(*),
                       COALESCE(SUM(CASE WHEN d."connectedInstance" IS NOT NULL AND EXISTS (
                           SELECT 1 FROM "GatewayInstance" i WHERE i."id" = d."connectedInstance" AND i."heartbeatAt" > $1
@@ -158,7 +163,8 @@ impl Store {
         .bind(capability)
         .bind(device_id)
         .fetch_one(pool)
-        .await)?;
+        .await
+        })?;
         Ok((row.0 > 0, row.1 > 0))
     }
 }

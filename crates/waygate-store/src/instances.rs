@@ -5,7 +5,8 @@ impl Store {
     /// Announces this instance as alive. Devices it holds count as online only while these
     /// heartbeats are fresh.
     pub async fn heartbeat_instance(&self, id: &str, now: i64, draining: bool) -> Result<()> {
-        on_pool!(self, |pool| sqlx::query(
+        on_pool!(self, |pool| {
+            sqlx::query(
             r#"INSERT INTO "GatewayInstance" ("id", "startedAt", "heartbeatAt", "draining") VALUES ($1, $2, $2, $3)
                ON CONFLICT ("id") DO UPDATE SET "heartbeatAt" = excluded."heartbeatAt", "draining" = excluded."draining""#
         )
@@ -14,7 +15,8 @@ impl Store {
         .bind(draining)
         .execute(pool)
         .await
-        .map(|_| ()))?;
+        .map(|_| ())
+        })?;
         Ok(())
     }
 

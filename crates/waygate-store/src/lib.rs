@@ -21,9 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use events::QueueEvent;
-pub use models::{
-    CallOutcome, Claimed, DeviceRow, NewToolCall, RegisterTarget, ToolCallRow, User,
-};
+pub use models::{CallOutcome, Claimed, DeviceRow, NewToolCall, RegisterTarget, ToolCallRow, User};
 pub use token::{hash_token, random_token};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +43,9 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Db(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
+            StoreError::Db(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+            )
         )
     }
 }
@@ -108,11 +108,8 @@ impl Store {
 
     /// Opens PostgreSQL with explicit options (tests use them to pick a fresh schema).
     pub async fn connect_postgres(opts: PgConnectOptions) -> Result<Store> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(5)).connect_with(opts).await?;
         Ok(Store { backend: Backend::Postgres(pool), events: events::Events::new() })
     }
 

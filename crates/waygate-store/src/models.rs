@@ -103,7 +103,13 @@ pub struct Claimed {
 /// How a claimed call ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallOutcome {
-    Completed { result: Value },
+    Completed {
+        result: Value,
+    },
     /// `detail` (for example the device's own error) is kept in the `result` column.
-    Failed { code: String, message: String, detail: Option<Value> },
+    Failed {
+        code: String,
+        message: String,
+        detail: Option<Value>,
+    },
 }

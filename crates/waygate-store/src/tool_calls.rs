@@ -152,7 +152,8 @@ impl Store {
     /// Gives a claimed call back to the queue (its device left before delivery), fenced like
     /// `finish_claimed`. Other instances are woken as for a new call.
     pub async fn release_claim(&self, id: &str, attempt: i64, instance: &str) -> Result<bool> {
-        let row: Option<(String, String)> = on_pool!(self, |pool| sqlx::query_as(
+        let row: Option<(String, String)> = on_pool!(self, |pool| {
+            sqlx::query_as(
             r#"UPDATE "GatewayToolCall" SET "status" = 'pending', "claimedBy" = NULL, "claimedAt" = NULL, "leaseExpiresAt" = NULL
                WHERE "id" = $1 AND "attempt" = $2 AND "claimedBy" = $3 AND "status" = 'processing'
                RETURNING "userId", "requiredCapability""#
@@ -161,7 +162,8 @@ impl Store {
         .bind(attempt)
         .bind(instance)
         .fetch_optional(pool)
-        .await)?;
+        .await
+        })?;
         if let Some((user_id, capability)) = &row {
             self.events.send(QueueEvent::NewCall { user_id: user_id.clone(), capability: capability.clone() });
         }
@@ -170,7 +172,8 @@ impl Store {
 
     /// Fails a call that no instance has claimed yet (for example "no capable device online").
     pub async fn fail_unclaimed(&self, id: &str, code: &str, message: &str, now: i64) -> Result<bool> {
-        let n = on_pool!(self, |pool| sqlx::query(
+        let n = on_pool!(self, |pool| {
+            sqlx::query(
             r#"UPDATE "GatewayToolCall" SET "status" = 'failed', "errorCode" = $1, "errorMessage" = $2, "finishedAt" = $3
                WHERE "id" = $4 AND "status" = 'pending'"#
         )
@@ -180,7 +183,8 @@ impl Store {
         .bind(id)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
         if n > 0 {
             self.events.send(QueueEvent::Finished { call_id: id.to_owned() });
         }
@@ -238,14 +242,16 @@ impl Store {
 
     /// Extends the lease of every call this instance is still working on.
     pub async fn renew_leases(&self, instance: &str, now: i64, lease_ms: i64) -> Result<u64> {
-        let n = on_pool!(self, |pool| sqlx::query(
+        let n = on_pool!(self, |pool| {
+            sqlx::query(
             r#"UPDATE "GatewayToolCall" SET "leaseExpiresAt" = $1 WHERE "claimedBy" = $2 AND "status" = 'processing'"#
         )
         .bind(now + lease_ms)
         .bind(instance)
         .execute(pool)
         .await
-        .map(|r| r.rows_affected()))?;
+        .map(|r| r.rows_affected())
+        })?;
         Ok(n)
     }
 

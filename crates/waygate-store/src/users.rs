@@ -1,5 +1,5 @@
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 use crate::{Result, Store, StoreError, User, hash_token, on_pool, random_token};
 
@@ -9,10 +9,7 @@ fn dummy_hash() -> String {
     DUMMY
         .get_or_init(|| {
             let salt = SaltString::encode_b64(&[7u8; 16]).expect("static salt");
-            Argon2::default()
-                .hash_password(b"waygate-dummy-password", &salt)
-                .map(|h| h.to_string())
-                .unwrap_or_default()
+            Argon2::default().hash_password(b"waygate-dummy-password", &salt).map(|h| h.to_string()).unwrap_or_default()
         })
         .clone()
 }
@@ -23,7 +20,8 @@ impl Store {
         let email = normalize_email(email);
         let password = password.to_owned();
         let hash = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| StoreError::Hash(e.to_string()))?;
+            let salt =
+                SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| StoreError::Hash(e.to_string()))?;
             Argon2::default()
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
@@ -135,10 +133,7 @@ mod tests {
         let (store, _dir) = sqlite().await;
         let u = store.create_user("Ada@Example.com ", "correct horse", 1).await.unwrap();
         assert_eq!(u.email, "ada@example.com");
-        assert!(matches!(
-            store.create_user("ada@example.com", "x", 2).await,
-            Err(crate::StoreError::Conflict("user"))
-        ));
+        assert!(matches!(store.create_user("ada@example.com", "x", 2).await, Err(crate::StoreError::Conflict("user"))));
         assert!(store.authenticate("ada@example.com", "wrong").await.unwrap().is_none());
         assert!(store.authenticate("nobody@example.com", "correct horse").await.unwrap().is_none());
         let who = store.authenticate("ADA@example.com", "correct horse").await.unwrap().unwrap();

@@ -112,10 +112,10 @@ where
     }
 
     fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
-        if let Some(span) = ctx.span(id) {
-            if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
-                values.record(&mut FieldVisitor(&mut fields.0));
-            }
+        if let Some(span) = ctx.span(id)
+            && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+        {
+            values.record(&mut FieldVisitor(&mut fields.0));
         }
     }
 

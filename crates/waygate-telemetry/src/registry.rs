@@ -2,9 +2,7 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Latency buckets in seconds: sub-millisecond dispatch up to the 30 s tool-call timeout.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 static METADATA: Metadata<'static> = Metadata::new("waygate", metrics::Level::INFO, Some("waygate"));
 
@@ -23,10 +21,8 @@ impl Default for Registry {
 
 impl Registry {
     pub fn new() -> Registry {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(BUCKETS)
-            .expect("static buckets are valid")
-            .build_recorder();
+        let recorder =
+            PrometheusBuilder::new().set_buckets(BUCKETS).expect("static buckets are valid").build_recorder();
         let handle = recorder.handle();
         Registry { recorder, handle }
     }

@@ -181,7 +181,10 @@ mod tests {
     #[test]
     fn parse_rejects_bad_headers() {
         let masked = |b0: u8, b1: u8| vec![b0, b1 | 0x80, 1, 2, 3, 4];
-        assert_eq!(parse_header(&[0x81, 0x05], 100).unwrap_err(), HeaderError::Protocol("client frames must be masked"));
+        assert_eq!(
+            parse_header(&[0x81, 0x05], 100).unwrap_err(),
+            HeaderError::Protocol("client frames must be masked")
+        );
         assert!(matches!(parse_header(&masked(0xC1, 1), 100), Err(HeaderError::Protocol(_))), "rsv1");
         assert!(matches!(parse_header(&masked(0x83, 1), 100), Err(HeaderError::Protocol(_))), "opcode 3");
         assert!(matches!(parse_header(&masked(0x09, 1), 100), Err(HeaderError::Protocol(_))), "fragmented ping");

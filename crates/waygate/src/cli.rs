@@ -57,6 +57,8 @@ pub struct ServeArgs {
 pub enum ConfigCommand {
     /// Print the effective configuration as TOML (secrets redacted); exit 64 listing every problem.
     Check,
+    /// Print the configuration reference (docs/configuration.md) as Markdown.
+    Docs,
 }
 
 #[derive(Subcommand)]

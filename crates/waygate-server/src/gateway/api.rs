@@ -67,9 +67,14 @@ fn ws_endpoint(state: &AppState, req: &Request) -> String {
     format!("{}://{host}{}", if https { "wss" } else { "ws" }, c.gateway_ws_path)
 }
 
-pub async fn create_device(State(state): State<AppState>, AuthUser(user): AuthUser, req: Request) -> ApiResult<Response> {
+pub async fn create_device(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    req: Request,
+) -> ApiResult<Response> {
     let endpoint = ws_endpoint(&state, &req);
-    let ApiJson(body) = <ApiJson<RegisterDeviceRequest> as axum::extract::FromRequest<AppState>>::from_request(req, &state).await?;
+    let ApiJson(body) =
+        <ApiJson<RegisterDeviceRequest> as axum::extract::FromRequest<AppState>>::from_request(req, &state).await?;
     if let Err(problems) = body.validate() {
         state.metrics.device_registration("invalid");
         return Err(validation_error(problems));
@@ -186,7 +191,11 @@ async fn wait_finished(
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let row = state.store.get_tool_call(user_id, id).await?.ok_or_else(|| ApiError::internal("accepted call vanished"))?;
+        let row = state
+            .store
+            .get_tool_call(user_id, id)
+            .await?
+            .ok_or_else(|| ApiError::internal("accepted call vanished"))?;
         if ToolCallStatus::parse(&row.status).is_some_and(ToolCallStatus::is_finished) {
             return Ok(row);
         }
@@ -198,14 +207,20 @@ fn outcome_response(row: ToolCallRow) -> ApiResult<Response> {
     let message = row.error_message.clone().unwrap_or_default();
     match (row.status.as_str(), row.error_code.as_deref()) {
         ("completed", _) => {
-            let result: serde_json::Value = row.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+            let result: serde_json::Value =
+                row.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
             Ok(Json(json!({ "id": row.id, "status": "completed", "result": result })).into_response())
         }
         ("expired", _) => Err(ApiError::new(ErrorCode::ToolCallTimeout, message).with_detail("callId", row.id)),
-        (_, Some("no_capable_device")) => Err(ApiError::new(ErrorCode::NoCapableDevice, message).with_detail("callId", row.id)),
-        (_, Some("device_disconnected")) => Err(ApiError::new(ErrorCode::DeviceDisconnected, message).with_detail("callId", row.id)),
+        (_, Some("no_capable_device")) => {
+            Err(ApiError::new(ErrorCode::NoCapableDevice, message).with_detail("callId", row.id))
+        }
+        (_, Some("device_disconnected")) => {
+            Err(ApiError::new(ErrorCode::DeviceDisconnected, message).with_detail("callId", row.id))
+        }
         _ => {
-            let device_error: serde_json::Value = row.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+            let device_error: serde_json::Value =
+                row.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
             Err(ApiError::new(ErrorCode::ToolCallFailed, message)
                 .with_detail("callId", row.id)
                 .with_detail("deviceError", device_error))
@@ -219,7 +234,8 @@ pub async fn get_tool_call(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ToolCallView>> {
     let row = state.store.get_tool_call(&user.id, &id).await?.ok_or_else(|| ApiError::not_found("tool call"))?;
-    let status = ToolCallStatus::parse(&row.status).ok_or_else(|| ApiError::internal(format!("bad status {}", row.status)))?;
+    let status =
+        ToolCallStatus::parse(&row.status).ok_or_else(|| ApiError::internal(format!("bad status {}", row.status)))?;
     let parsed_result = row.result.as_deref().and_then(|r| serde_json::from_str(r).ok());
     let (result, error) = match status {
         ToolCallStatus::Completed => (parsed_result, None),
@@ -262,9 +278,16 @@ struct ControlCommand {
 }
 
 /// Control commands; the bearer is checked before the body is even parsed.
-pub async fn control(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<serde_json::Value>> {
+pub async fn control(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
     let Some(expected) = &state.config.agent_control_plane_token else {
-        return Err(ApiError::new(ErrorCode::Forbidden, "control commands are disabled: AGENT_CONTROL_PLANE_TOKEN is not set"));
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "control commands are disabled: AGENT_CONTROL_PLANE_TOKEN is not set",
+        ));
     };
     if !bearer(&headers).is_some_and(|t| expected.matches(t)) {
         tracing::warn!("control command refused: bearer does not match AGENT_CONTROL_PLANE_TOKEN");

@@ -150,7 +150,8 @@ struct ToolCallFrame<'a> {
 }
 
 async fn deliver(state: &AppState, call: Claimed) {
-    let Some((device_id, device)) = state.devices.pick(&call.user_id, &call.required_capability, call.device_id.as_deref())
+    let Some((device_id, device)) =
+        state.devices.pick(&call.user_id, &call.required_capability, call.device_id.as_deref())
     else {
         // The device left between the claim and now; let another holder take the call.
         if let Err(e) = state.store.release_claim(&call.id, call.attempt, &state.instance_id).await {
@@ -158,7 +159,8 @@ async fn deliver(state: &AppState, call: Claimed) {
         }
         return;
     };
-    let args: &RawValue = serde_json::from_str(&call.args).unwrap_or_else(|_| serde_json::from_str("null").expect("null"));
+    let args: &RawValue =
+        serde_json::from_str(&call.args).unwrap_or_else(|_| serde_json::from_str("null").expect("null"));
     let frame = crate::ws::frame_json(&ToolCallFrame {
         kind: "tool_call",
         call_id: &call.id,
@@ -168,7 +170,12 @@ async fn deliver(state: &AppState, call: Claimed) {
     });
     state.dispatch.in_flight.insert(
         call.id.clone(),
-        InFlight { attempt: call.attempt, device_id: device_id.clone(), created_at: call.created_at, expires_at: call.expires_at },
+        InFlight {
+            attempt: call.attempt,
+            device_id: device_id.clone(),
+            created_at: call.created_at,
+            expires_at: call.expires_at,
+        },
     );
     device.in_flight.fetch_add(1, Ordering::Relaxed);
     if device.conn.push(frame, state.live.send_queue()) != Push::Queued {
@@ -204,7 +211,8 @@ pub async fn complete(
     let outcome = if ok {
         CallOutcome::Completed { result: result.unwrap_or(serde_json::Value::Null) }
     } else {
-        let err = error.unwrap_or_else(|| ToolError { code: "error".into(), message: "the device reported a failure".into() });
+        let err = error
+            .unwrap_or_else(|| ToolError { code: "error".into(), message: "the device reported a failure".into() });
         CallOutcome::Failed {
             code: "tool_call_failed".into(),
             message: err.message.clone(),
@@ -232,7 +240,14 @@ pub fn forget_stale(state: &AppState, now: i64) {
     state.dispatch.in_flight.retain(|_, f| f.expires_at + 60_000 > now);
 }
 
-async fn finish(state: &AppState, call_id: &str, attempt: i64, device_id: Option<&str>, created_at: i64, outcome: CallOutcome) {
+async fn finish(
+    state: &AppState,
+    call_id: &str,
+    attempt: i64,
+    device_id: Option<&str>,
+    created_at: i64,
+    outcome: CallOutcome,
+) {
     let now = waygate_telemetry::now_millis();
     let label = match &outcome {
         CallOutcome::Completed { .. } => "completed",
@@ -241,7 +256,10 @@ async fn finish(state: &AppState, call_id: &str, attempt: i64, device_id: Option
     match state.store.finish_claimed(call_id, attempt, &state.instance_id, device_id, &outcome, now).await {
         Ok(true) => {
             state.metrics.tool_call_finished(label);
-            state.metrics.tool_call_duration.record(Duration::from_millis((now - created_at).max(0) as u64).as_secs_f64());
+            state
+                .metrics
+                .tool_call_duration
+                .record(Duration::from_millis((now - created_at).max(0) as u64).as_secs_f64());
         }
         Ok(false) => tracing::debug!(call_id, "call had already finished (deadline or lease)"),
         Err(e) => tracing::warn!(call_id, error = %e, "could not record tool call outcome"),

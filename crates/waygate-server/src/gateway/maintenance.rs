@@ -24,10 +24,10 @@ pub async fn run(state: AppState) {
         }
         let now = waygate_telemetry::now_millis();
         sweep(&state, now).await;
-        if n % SLOW_EVERY == 0 {
+        if n.is_multiple_of(SLOW_EVERY) {
             slow_round(&state, now).await;
         }
-        if n % PRUNE_EVERY == 0 {
+        if n.is_multiple_of(PRUNE_EVERY) {
             prune(&state, now).await;
         }
         n += 1;
@@ -65,10 +65,10 @@ pub async fn slow_round(state: &AppState, now: i64) {
         tracing::warn!("instance heartbeat failed: database unreachable");
         return;
     }
-    if state.dispatch.in_flight() > 0 {
-        if let Err(e) = state.store.renew_leases(&state.instance_id, now, super::dispatch::LEASE_MS).await {
-            tracing::warn!(error = %e, "lease renewal failed");
-        }
+    if state.dispatch.in_flight() > 0
+        && let Err(e) = state.store.renew_leases(&state.instance_id, now, super::dispatch::LEASE_MS).await
+    {
+        tracing::warn!(error = %e, "lease renewal failed");
     }
     super::dispatch::forget_stale(state, now);
     match state.store.reap_dead_instances(now).await {

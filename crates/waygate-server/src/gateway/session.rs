@@ -86,7 +86,9 @@ async fn register(
             return Flow::Continue;
         }
     };
-    let Some(target) = target.filter(|t| waygate_config::Secret::new(t.session_token_hash.clone()).matches(&hash_token(&session_token))) else {
+    let Some(target) = target
+        .filter(|t| waygate_config::Secret::new(t.session_token_hash.clone()).matches(&hash_token(&session_token)))
+    else {
         state.metrics.device_registration("invalid");
         conn.send_error(id, ErrorCode::TokenInvalid, "unknown device or invalid session token");
         return Flow::Close(close::UNAUTHORIZED, Cow::Borrowed("invalid device token"));

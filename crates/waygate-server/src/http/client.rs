@@ -20,10 +20,7 @@ impl ClientInfo {
     }
 
     pub fn from_parts(state: &AppState, ext: &Extensions, headers: &HeaderMap) -> ClientInfo {
-        let peer = ext
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let peer = ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let proxies = &state.config.trusted_proxies;
         resolve(peer, headers, |ip| proxies.iter().any(|net| net.contains(&ip)))
     }

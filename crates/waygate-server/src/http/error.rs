@@ -80,9 +80,9 @@ impl From<waygate_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self
-            .status_override
-            .unwrap_or_else(|| StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let status = self.status_override.unwrap_or_else(|| {
+            StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        });
         let body = self.envelope().to_json();
         let mut res = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
         for (name, value) in self.headers {

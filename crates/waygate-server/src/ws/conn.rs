@@ -222,7 +222,11 @@ impl Connection {
                 }
             }
             Message::Binary(_) => {
-                self.send_error(None, ErrorCode::BadRequest, "binary messages are not accepted on this path; send JSON text");
+                self.send_error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary messages are not accepted on this path; send JSON text",
+                );
                 Flow::Continue
             }
             Message::Ping(_) | Message::Pong(_) => Flow::Continue,
@@ -263,7 +267,9 @@ impl Connection {
             }
             (_, Some(action)) => {
                 let msg = match self.kind {
-                    PathKind::DeviceOnly => format!("unknown action {action:?}: this path accepts device messages only"),
+                    PathKind::DeviceOnly => {
+                        format!("unknown action {action:?}: this path accepts device messages only")
+                    }
                     PathKind::Realtime => format!("unknown action {action:?}"),
                 };
                 self.send_error(id, ErrorCode::UnknownAction, &msg);

@@ -60,9 +60,9 @@ pub fn precheck(state: &AppState, req: &Request, reject: &'static str) -> ApiRes
         refuse(
             "bad_request",
             match e {
-                HandshakeError::UnsupportedVersion => err
-                    .with_status(StatusCode::UPGRADE_REQUIRED)
-                    .with_header(header::SEC_WEBSOCKET_VERSION, "13"),
+                HandshakeError::UnsupportedVersion => {
+                    err.with_status(StatusCode::UPGRADE_REQUIRED).with_header(header::SEC_WEBSOCKET_VERSION, "13")
+                }
                 _ => err,
             },
         )
@@ -70,10 +70,13 @@ pub fn precheck(state: &AppState, req: &Request, reject: &'static str) -> ApiRes
     let accept = waygate_ws::accept_key(key);
     if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
         let allowed = state.live.allowed_origins.read().expect("origins lock");
-        if let Some(list) = allowed.as_ref() {
-            if !list.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
-                return Err(refuse("origin", ApiError::new(ErrorCode::Forbidden, format!("origin {origin} is not allowed"))));
-            }
+        if let Some(list) = allowed.as_ref()
+            && !list.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        {
+            return Err(refuse(
+                "origin",
+                ApiError::new(ErrorCode::Forbidden, format!("origin {origin} is not allowed")),
+            ));
         }
     }
     let ip = ClientInfo::of(state, req).ip;
@@ -81,10 +84,9 @@ pub fn precheck(state: &AppState, req: &Request, reject: &'static str) -> ApiRes
     let max_ip = state.live.max_connections_per_ip.load(std::sync::atomic::Ordering::Relaxed);
     match state.conns.try_reserve(ip, max, max_ip) {
         Ok(()) => Ok((Slot { state: state.clone(), ip }, accept)),
-        Err(Refusal::Total) => Err(refuse(
-            "max_connections",
-            ApiError::unavailable("connection limit reached; retry with backoff"),
-        )),
+        Err(Refusal::Total) => {
+            Err(refuse("max_connections", ApiError::unavailable("connection limit reached; retry with backoff")))
+        }
         Err(Refusal::PerIp) => Err(refuse(
             "max_connections_per_ip",
             ApiError::new(ErrorCode::RateLimited, "too many connections from this address"),
@@ -94,7 +96,13 @@ pub fn precheck(state: &AppState, req: &Request, reject: &'static str) -> ApiRes
 
 /// Switches the request's connection to WebSocket and hands the raw socket to `run`.
 /// `protocol` is the subprotocol to echo, if one was negotiated.
-pub fn switch<F, Fut>(state: &AppState, mut req: Request, accept: String, protocol: Option<&'static str>, run: F) -> ApiResult<Response>
+pub fn switch<F, Fut>(
+    state: &AppState,
+    mut req: Request,
+    accept: String,
+    protocol: Option<&'static str>,
+    run: F,
+) -> ApiResult<Response>
 where
     F: FnOnce(WsStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,

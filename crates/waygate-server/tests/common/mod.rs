@@ -56,15 +56,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, pairs: &[(&str, &str)]) -> Tes
     let handle = tokio::spawn(app.run_until(async move {
         let _ = rx.await;
     }));
-    TestApp {
-        http,
-        ws,
-        client: reqwest::Client::new(),
-        db_url,
-        shutdown: Some(tx),
-        handle: Some(handle),
-        _dir: dir,
-    }
+    TestApp { http, ws, client: reqwest::Client::new(), db_url, shutdown: Some(tx), handle: Some(handle), _dir: dir }
 }
 
 pub struct TestUser {
@@ -130,7 +122,11 @@ impl TestApp {
     /// Registers a device through the API; returns the full response body.
     pub async fn register_device(&self, user: &TestUser, caps: &[&str]) -> Value {
         let res = self
-            .post(user, "/api/gateway/devices", json!({"name": "Test Device", "platform": "linux", "capabilities": caps}))
+            .post(
+                user,
+                "/api/gateway/devices",
+                json!({"name": "Test Device", "platform": "linux", "capabilities": caps}),
+            )
             .await;
         assert_eq!(res.status(), 201);
         res.json().await.unwrap()
@@ -155,7 +151,8 @@ pub fn metric(text: &str, series: &str) -> f64 {
 }
 
 pub async fn connect(url: &str) -> Ws {
-    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.expect("connect in time").unwrap();
+    let (ws, _) =
+        tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.expect("connect in time").unwrap();
     ws
 }
 
@@ -199,7 +196,8 @@ pub async fn recv_close(ws: &mut Ws) -> (u16, String) {
 /// A device that registered over WebSocket and answered with `ack`.
 pub async fn device_online(url: &str, device_id: &str, token: &str) -> Ws {
     let (mut ws, _) = connect_welcomed(url).await;
-    send_json(&mut ws, json!({"type": "register", "deviceId": device_id, "sessionToken": token, "protocolVersion": 1})).await;
+    send_json(&mut ws, json!({"type": "register", "deviceId": device_id, "sessionToken": token, "protocolVersion": 1}))
+        .await;
     let ack = recv_json(&mut ws).await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(ack["deviceId"], device_id);
@@ -257,7 +255,8 @@ pub fn assert_envelope(v: &Value, code: &str) {
 
 /// The HTTP refusal of a WebSocket upgrade: status and parsed envelope body.
 pub async fn refused_upgrade(url: &str) -> (u16, Value) {
-    refused_upgrade_with(tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap()).await
+    refused_upgrade_with(tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap())
+        .await
 }
 
 pub async fn refused_upgrade_with(req: tokio_tungstenite::tungstenite::handshake::client::Request) -> (u16, Value) {

@@ -28,7 +28,10 @@ async fn claim_needs_a_local_capable_device_and_is_fenced() {
     let (store, _dir, user, dev) = setup().await;
     let mut events = store.subscribe();
     let row = store.insert_tool_call(&call(&user, 1_000, 30_000)).await.unwrap();
-    assert_eq!(events.recv().await.unwrap(), QueueEvent::NewCall { user_id: user.clone(), capability: "desktop".into() });
+    assert_eq!(
+        events.recv().await.unwrap(),
+        QueueEvent::NewCall { user_id: user.clone(), capability: "desktop".into() }
+    );
 
     assert!(store.claim_tool_calls("i1", 1_001, 10_000, 10).await.unwrap().is_empty(), "device not connected here");
     store.mark_device_connected(&dev, "i1", 1_001).await.unwrap();
@@ -69,7 +72,10 @@ async fn targeted_calls_only_go_to_their_device() {
     store.insert_tool_call(&c).await.unwrap();
     assert!(store.claim_tool_calls("i1", 1_001, 10_000, 10).await.unwrap().is_empty());
     store.mark_device_connected(&dev, "i2", 1_001).await.unwrap();
-    assert_eq!(store.claim_tool_calls("i2", 1_002, 10_000, 10).await.unwrap()[0].device_id.as_deref(), Some(dev.as_str()));
+    assert_eq!(
+        store.claim_tool_calls("i2", 1_002, 10_000, 10).await.unwrap()[0].device_id.as_deref(),
+        Some(dev.as_str())
+    );
 }
 
 #[tokio::test]
@@ -101,7 +107,7 @@ async fn lapsed_leases_fail_once_and_renewal_keeps_them() {
     store.claim_tool_calls("i1", 1_000, 1_000, 10).await.unwrap();
     assert_eq!(store.renew_leases("i1", 1_900, 1_000).await.unwrap(), 1);
     assert!(store.fail_lapsed_leases(2_000).await.unwrap().is_empty(), "renewed to 2_900");
-    assert_eq!(store.fail_lapsed_leases(2_900).await.unwrap(), [row.id.clone()]);
+    assert_eq!(store.fail_lapsed_leases(2_900).await.unwrap(), vec![row.id.clone()]);
     let done = CallOutcome::Completed { result: serde_json::json!(1) };
     assert!(!store.finish_claimed(&row.id, 1, "i1", None, &done, 3_000).await.unwrap(), "late writer changes nothing");
     let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
@@ -119,7 +125,11 @@ async fn released_claims_return_to_the_queue_once() {
     assert!(!store.release_claim(&row.id, c[0].attempt, "i1").await.unwrap());
     let again = store.claim_tool_calls("i1", 1_002, 10_000, 10).await.unwrap();
     assert_eq!(again[0].attempt, 2, "a new claim gets a new fencing token");
-    let failed = CallOutcome::Failed { code: "tool_call_failed".into(), message: "boom".into(), detail: Some(serde_json::json!({"code": "E1"})) };
+    let failed = CallOutcome::Failed {
+        code: "tool_call_failed".into(),
+        message: "boom".into(),
+        detail: Some(serde_json::json!({"code": "E1"})),
+    };
     assert!(store.finish_claimed(&row.id, 2, "i1", Some(&dev), &failed, 1_003).await.unwrap());
     let got = store.get_tool_call(&user, &row.id).await.unwrap().unwrap();
     assert_eq!(got.result.as_deref(), Some(r#"{"code":"E1"}"#));

@@ -144,9 +144,8 @@ async fn close_is_echoed_and_eof_is_reported() {
 #[tokio::test]
 async fn queued_output_survives_partial_writes_in_order() {
     let (mut ws, mut c) = pair(100).await;
-    let frames: Vec<Bytes> = (0..4000u32)
-        .map(|i| crate::frame::frame(OpCode::Binary, &[(i % 256) as u8; 1500]))
-        .collect();
+    let frames: Vec<Bytes> =
+        (0..4000u32).map(|i| crate::frame::frame(OpCode::Binary, &[(i % 256) as u8; 1500])).collect();
     for f in &frames {
         ws.queue(f.clone());
     }

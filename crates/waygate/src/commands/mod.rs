@@ -24,6 +24,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Config(ConfigCommand::Check) => config::check(cli.config),
+        Command::Config(ConfigCommand::Docs) => {
+            print!("{}", waygate_config::docs_markdown());
+            Ok(())
+        }
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve::run(cli.config, args))),
         Command::Migrate(db) => runtime().and_then(|rt| rt.block_on(user::migrate(cli.config, db))),
         Command::User(UserCommand::Add { email, db }) => {

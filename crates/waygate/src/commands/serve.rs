@@ -11,7 +11,9 @@ use crate::cli::ServeArgs;
 /// drain, exit 0.
 pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> Result<(), Failure> {
     let mut flags: BTreeMap<String, String> = db_flags(&args.db);
-    for (key, value) in [("WEBSOCKET_HOST", &args.host), ("WEBSOCKET_PORT", &args.port), ("GATEWAY_WS_PORT", &args.ws_port)] {
+    for (key, value) in
+        [("WEBSOCKET_HOST", &args.host), ("WEBSOCKET_PORT", &args.port), ("GATEWAY_WS_PORT", &args.ws_port)]
+    {
         if let Some(v) = value {
             flags.insert(key.to_owned(), v.clone());
         }
