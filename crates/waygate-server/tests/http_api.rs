@@ -222,6 +222,7 @@ async fn config_reload_needs_the_control_plane_token() {
         ("GATEWAY_WS_PORT", "off"),
         ("DATABASE_URL", db.as_str()),
         ("AGENT_CONTROL_PLANE_TOKEN", "control-secret"),
+        ("TERMINAL_GATEWAY_DRAIN_TIMEOUT_SECONDS", "1"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
