@@ -68,6 +68,13 @@ pub static KEYS: &[Key] = &[
         "tool-call queue poll fallback in ms (minimum 100); wake-ups are event-driven",
     ),
     key(
+        "GATEWAY_DISPATCH_LEASE_MS",
+        Some("15000"),
+        Int,
+        false,
+        "how long a claimed tool call stays with its instance without renewal (renewed every third of it)",
+    ),
+    key(
         "AGENT_CONTROL_PLANE_TOKEN",
         None,
         Secret,
@@ -81,6 +88,13 @@ pub static KEYS: &[Key] = &[
     key("TERMINAL_SESSION_TTL_SECONDS", Some("43200"), Int, false, "terminal session lifetime"),
     key("DATABASE_URL", Some("sqlite://waygate.db"), Url, false, "`sqlite://PATH` or `postgres://…`"),
     key("REDIS_URL", None, Url, false, "cluster fan-out, presence and single-use tokens"),
+    key(
+        "WAYGATE_REDIS_PREFIX",
+        Some("waygate"),
+        Str,
+        false,
+        "prefix of every Redis key and channel, so deployments can share a Redis",
+    ),
     key("AMQP_URL", None, Url, false, "RabbitMQ for action routes, ingest, worker and dlq"),
     key(
         "WAYGATE_AMQP_NAMESPACE",

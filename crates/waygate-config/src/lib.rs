@@ -143,6 +143,7 @@ pub struct Config {
     pub gateway_ws_public_port: Option<u16>,
     pub gateway_ws_path: String,
     pub dispatch_poll: Duration,
+    pub dispatch_lease: Duration,
     pub agent_control_plane_token: Option<Secret>,
     pub agent_token: Option<Secret>,
     pub drain_timeout: Duration,
@@ -151,6 +152,7 @@ pub struct Config {
     pub terminal_session_ttl: Duration,
     pub database_url: Secret,
     pub redis_url: Option<Secret>,
+    pub redis_prefix: String,
     pub amqp_url: Option<Secret>,
     pub amqp_namespace: String,
     pub cluster: bool,
@@ -554,10 +556,15 @@ impl Reader<'_> {
         let gateway_ws_public_port = self.opt_port("GATEWAY_WS_PUBLIC_PORT");
         let gateway_ws_path = self.path("GATEWAY_WS_PATH", true);
         let dispatch_poll = Duration::from_millis(self.int("GATEWAY_DISPATCH_POLL_MS", 100, 3_600_000));
+        let dispatch_lease = Duration::from_millis(self.int("GATEWAY_DISPATCH_LEASE_MS", 1_000, 3_600_000));
         let database_url = self
             .url("DATABASE_URL", &["sqlite", "postgres", "postgresql"])
             .unwrap_or_else(|| Secret::new(String::new()));
         let redis_url = self.url("REDIS_URL", &["redis", "rediss"]);
+        let redis_prefix = self.string("WAYGATE_REDIS_PREFIX");
+        if redis_prefix.is_empty() || redis_prefix.contains(char::is_whitespace) {
+            self.fail("WAYGATE_REDIS_PREFIX", "must be non-empty without spaces");
+        }
         let amqp_url = self.url("AMQP_URL", &["amqp", "amqps"]);
         let amqp_namespace = self.string("WAYGATE_AMQP_NAMESPACE");
         if amqp_namespace.is_empty()
@@ -614,6 +621,7 @@ impl Reader<'_> {
             gateway_ws_public_port,
             gateway_ws_path,
             dispatch_poll,
+            dispatch_lease,
             agent_control_plane_token: self.secret("AGENT_CONTROL_PLANE_TOKEN"),
             agent_token: self.secret("WAYGATE_AGENT_TOKEN"),
             drain_timeout: self.seconds("TERMINAL_GATEWAY_DRAIN_TIMEOUT_SECONDS", 0),
@@ -622,6 +630,7 @@ impl Reader<'_> {
             terminal_session_ttl: self.seconds("TERMINAL_SESSION_TTL_SECONDS", 1),
             database_url,
             redis_url,
+            redis_prefix,
             amqp_url,
             amqp_namespace,
             cluster: self.bool("WAYGATE_CLUSTER"),

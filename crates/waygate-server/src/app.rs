@@ -20,6 +20,8 @@ use crate::ws::ConnRegistry;
 pub enum BuildError {
     #[error("cannot open the database: {0}")]
     Store(#[source] StoreError),
+    #[error("cannot reach Redis: {0}")]
+    Bus(#[source] waygate_bus::BusError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -42,6 +44,12 @@ impl App {
             .heartbeat_instance(&instance_id, waygate_telemetry::now_millis(), false)
             .await
             .map_err(BuildError::Store)?;
+        let bus = match &config.redis_url {
+            Some(url) => waygate_bus::Bus::redis(url.expose(), &config.redis_prefix, &instance_id)
+                .await
+                .map_err(BuildError::Bus)?,
+            None => waygate_bus::Bus::local(&instance_id),
+        };
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.websocket_host, port);
             async move { TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source }) }
@@ -54,6 +62,7 @@ impl App {
         let state = Arc::new(Shared {
             live: Live::new(&config),
             store,
+            bus,
             metrics: Metrics::new(),
             instance_id,
             conns: ConnRegistry::default(),
@@ -85,6 +94,9 @@ impl App {
         lc.background.spawn(crate::gateway::dispatch::run(state.clone()));
         lc.background.spawn(crate::gateway::dispatch::pump_events(state.clone()));
         lc.background.spawn(crate::gateway::maintenance::run(state.clone()));
+        lc.background.spawn(crate::cluster::run(state.clone()));
+        let (store, instance, stop) = (state.store.clone(), state.instance_id.clone(), lc.stop.clone());
+        lc.background.spawn(async move { store.run_events(&instance, stop).await });
         lc.background.spawn(crate::listener::accept_loop(
             self.main,
             crate::http::main_router(state.clone()),

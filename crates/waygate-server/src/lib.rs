@@ -10,6 +10,7 @@
 //! ```
 
 mod app;
+mod cluster;
 mod gateway;
 mod http;
 mod listener;

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub dispatch_queue_pending: Gauge,
     pub dispatch_queue_processing: Gauge,
     pub backend_database: Gauge,
+    pub backend_redis: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
             dispatch_queue_pending: r.gauge(names::DISPATCH_QUEUE_DEPTH, &[("status", "pending".into())]),
             dispatch_queue_processing: r.gauge(names::DISPATCH_QUEUE_DEPTH, &[("status", "processing".into())]),
             backend_database: r.gauge(names::BACKEND_UP, &[("backend", "database".into())]),
+            backend_redis: r.gauge(names::BACKEND_UP, &[("backend", "redis".into())]),
             registry: r,
         };
         // Series that alerts and dashboards query exist from the start, at zero.

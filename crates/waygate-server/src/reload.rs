@@ -3,9 +3,18 @@
 use crate::http::error::ApiError;
 use crate::state::AppState;
 
-/// Applies a fresh read of the configuration; returns the names of what changed. An invalid
-/// file changes nothing and reports every problem.
-pub fn apply(state: &AppState) -> Result<Vec<String>, ApiError> {
+/// Applies a fresh read of the configuration here and asks every other instance to do the
+/// same; returns the names of what changed here. An invalid file changes nothing and reports
+/// every problem.
+pub async fn apply(state: &AppState) -> Result<Vec<String>, ApiError> {
+    let changed = apply_local(state)?;
+    let msg = crate::cluster::ClusterMessage::ConfigReload { origin: state.instance_id.clone() };
+    crate::cluster::send(state, waygate_bus::Topic::All, msg).await;
+    Ok(changed)
+}
+
+/// Applies a fresh read of the configuration on this instance only.
+pub fn apply_local(state: &AppState) -> Result<Vec<String>, ApiError> {
     let current = state.live.current.read().expect("config lock").clone();
     let reload = current.reload().map_err(|e| {
         state

@@ -20,6 +20,7 @@ pub struct Shared {
     pub config: Config,
     pub live: Live,
     pub store: Store,
+    pub bus: waygate_bus::Bus,
     pub metrics: Metrics,
     pub instance_id: String,
     pub conns: ConnRegistry,

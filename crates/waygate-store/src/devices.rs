@@ -171,43 +171,48 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::sqlite;
+    use crate::testing::backends;
 
     #[tokio::test]
     async fn devices_belong_to_their_user_and_track_presence() {
-        let (store, _dir) = sqlite().await;
-        let a = store.create_user("a@x", "pw", 1).await.unwrap();
-        let b = store.create_user("b@x", "pw", 1).await.unwrap();
-        let caps = vec!["desktop".to_owned(), "fs".to_owned(), "desktop".to_owned()];
-        let (dev, token) = store.create_device(&a.id, "Laptop", "macos", &caps, 10).await.unwrap();
-        assert_eq!(token.len(), 43);
+        for (store, _guard) in backends().await {
+            let a = store.create_user("a@x", "pw", 1).await.unwrap();
+            let b = store.create_user("b@x", "pw", 1).await.unwrap();
+            let caps = vec!["desktop".to_owned(), "fs".to_owned(), "desktop".to_owned()];
+            let (dev, token) = store.create_device(&a.id, "Laptop", "macos", &caps, 10).await.unwrap();
+            assert_eq!(token.len(), 43);
 
-        assert_eq!(store.list_devices(&a.id, 20).await.unwrap().len(), 1);
-        assert!(store.list_devices(&b.id, 20).await.unwrap().is_empty());
-        assert!(store.get_device(&b.id, &dev.id, 20).await.unwrap().is_none(), "other user sees nothing");
+            assert_eq!(store.list_devices(&a.id, 20).await.unwrap().len(), 1);
+            assert!(store.list_devices(&b.id, 20).await.unwrap().is_empty());
+            assert!(store.get_device(&b.id, &dev.id, 20).await.unwrap().is_none(), "other user sees nothing");
 
-        assert_eq!(store.capable_devices(&a.id, "fs", None, 20).await.unwrap(), (true, false));
-        assert_eq!(store.capable_devices(&a.id, "gpu", None, 20).await.unwrap(), (false, false));
-        assert_eq!(store.capable_devices(&a.id, "fs", Some("other"), 20).await.unwrap(), (false, false));
+            assert_eq!(store.capable_devices(&a.id, "fs", None, 20).await.unwrap(), (true, false));
+            assert_eq!(store.capable_devices(&a.id, "gpu", None, 20).await.unwrap(), (false, false));
+            assert_eq!(store.capable_devices(&a.id, "fs", Some("other"), 20).await.unwrap(), (false, false));
 
-        store.heartbeat_instance("i1", 100, false).await.unwrap();
-        store.mark_device_connected(&dev.id, "i1", 100).await.unwrap();
-        assert_eq!(store.capable_devices(&a.id, "fs", Some(&dev.id), 100).await.unwrap(), (true, true));
-        let d = store.get_device(&a.id, &dev.id, 100).await.unwrap().unwrap();
-        assert!(d.online);
-        assert_eq!(d.last_seen_at, Some(100));
-        // The instance stops heartbeating: its devices read as offline.
-        let later = 100 + super::INSTANCE_STALE_MS + 1;
-        assert!(!store.get_device(&a.id, &dev.id, later).await.unwrap().unwrap().online);
+            store.heartbeat_instance("i1", 100, false).await.unwrap();
+            store.mark_device_connected(&dev.id, "i1", 100).await.unwrap();
+            assert_eq!(store.capable_devices(&a.id, "fs", Some(&dev.id), 100).await.unwrap(), (true, true));
+            let d = store.get_device(&a.id, &dev.id, 100).await.unwrap().unwrap();
+            assert!(d.online);
+            assert_eq!(d.last_seen_at, Some(100));
+            // The instance stops heartbeating: its devices read as offline.
+            let later = 100 + super::INSTANCE_STALE_MS + 1;
+            assert!(!store.get_device(&a.id, &dev.id, later).await.unwrap().unwrap().online);
 
-        // A stale disconnect from another instance does not clear the new holder.
-        store.mark_device_disconnected(&dev.id, "i0", 110).await.unwrap();
-        assert!(store.get_device(&a.id, &dev.id, 110).await.unwrap().unwrap().online);
-        store.mark_device_disconnected(&dev.id, "i1", 120).await.unwrap();
-        assert!(!store.get_device(&a.id, &dev.id, 120).await.unwrap().unwrap().online);
+            // A stale disconnect from another instance does not clear the new holder.
+            store.mark_device_disconnected(&dev.id, "i0", 110).await.unwrap();
+            assert!(store.get_device(&a.id, &dev.id, 110).await.unwrap().unwrap().online);
+            store.mark_device_disconnected(&dev.id, "i1", 120).await.unwrap();
+            assert!(!store.get_device(&a.id, &dev.id, 120).await.unwrap().unwrap().online);
 
-        assert!(!store.delete_device(&b.id, &dev.id).await.unwrap());
-        assert!(store.delete_device(&a.id, &dev.id).await.unwrap());
-        assert_eq!(store.capable_devices(&a.id, "fs", None, 20).await.unwrap(), (false, false), "capabilities cascade");
+            assert!(!store.delete_device(&b.id, &dev.id).await.unwrap());
+            assert!(store.delete_device(&a.id, &dev.id).await.unwrap());
+            assert_eq!(
+                store.capable_devices(&a.id, "fs", None, 20).await.unwrap(),
+                (false, false),
+                "capabilities cascade"
+            );
+        }
     }
 }

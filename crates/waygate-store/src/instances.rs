@@ -64,21 +64,22 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::sqlite;
+    use crate::testing::backends;
 
     #[tokio::test]
     async fn dead_instances_release_their_devices() {
-        let (store, _dir) = sqlite().await;
-        let u = store.create_user("a@x", "pw", 1).await.unwrap();
-        let (d, _) = store.create_device(&u.id, "n", "p", &["c".into()], 1).await.unwrap();
-        store.heartbeat_instance("dead", 1_000, false).await.unwrap();
-        store.heartbeat_instance("live", 1_000, false).await.unwrap();
-        store.mark_device_connected(&d.id, "dead", 1_000).await.unwrap();
-        let now = 1_000 + crate::devices::INSTANCE_STALE_MS + 1;
-        store.heartbeat_instance("live", now, false).await.unwrap();
-        assert_eq!(store.reap_dead_instances(now).await.unwrap(), ["dead"]);
-        let row = store.get_device(&u.id, &d.id, now).await.unwrap().unwrap();
-        assert_eq!(row.connected_instance, None);
-        assert!(store.reap_dead_instances(now).await.unwrap().is_empty());
+        for (store, _guard) in backends().await {
+            let u = store.create_user("a@x", "pw", 1).await.unwrap();
+            let (d, _) = store.create_device(&u.id, "n", "p", &["c".into()], 1).await.unwrap();
+            store.heartbeat_instance("dead", 1_000, false).await.unwrap();
+            store.heartbeat_instance("live", 1_000, false).await.unwrap();
+            store.mark_device_connected(&d.id, "dead", 1_000).await.unwrap();
+            let now = 1_000 + crate::devices::INSTANCE_STALE_MS + 1;
+            store.heartbeat_instance("live", now, false).await.unwrap();
+            assert_eq!(store.reap_dead_instances(now).await.unwrap(), ["dead"]);
+            let row = store.get_device(&u.id, &d.id, now).await.unwrap().unwrap();
+            assert_eq!(row.connected_instance, None);
+            assert!(store.reap_dead_instances(now).await.unwrap().is_empty());
+        }
     }
 }

@@ -106,11 +106,21 @@ impl Store {
         }
     }
 
-    /// Opens PostgreSQL with explicit options (tests use them to pick a fresh schema).
+    /// Opens PostgreSQL with explicit options (for example a `search_path` in `options`).
     pub async fn connect_postgres(opts: PgConnectOptions) -> Result<Store> {
         let pool =
             PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(5)).connect_with(opts).await?;
-        Ok(Store { backend: Backend::Postgres(pool), events: events::Events::new() })
+        let (schema,): (String,) = sqlx::query_as("SELECT current_schema()").fetch_one(&pool).await?;
+        Ok(Store { backend: Backend::Postgres(pool), events: events::Events::postgres(&schema) })
+    }
+
+    /// Cross-instance queue events: on PostgreSQL, runs the batched NOTIFY sender and the
+    /// LISTEN loop until `stop` (spawn it once per instance). Returns at once on SQLite, where
+    /// every event is in process.
+    pub async fn run_events(&self, instance_id: &str, stop: tokio_util::sync::CancellationToken) {
+        if let Backend::Postgres(pool) = &self.backend {
+            self.events.run_postgres(pool.clone(), instance_id, stop).await;
+        }
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -146,12 +156,33 @@ impl Store {
 pub(crate) mod testing {
     use super::*;
 
+    /// Keeps a test database alive (a temp dir or a Postgres schema) while the test runs.
+    pub enum Guard {
+        Sqlite(#[allow(dead_code)] tempfile::TempDir),
+        Postgres(#[allow(dead_code)] waygate_testkit::PgSchema),
+    }
+
     /// A fresh SQLite database in a temp directory that lives as long as the returned guard.
-    pub async fn sqlite() -> (Store, tempfile::TempDir) {
+    pub async fn sqlite() -> (Store, Guard) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Store::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
-        (store, dir)
+        (store, Guard::Sqlite(dir))
+    }
+
+    /// A fresh PostgreSQL schema, or `None` (after a loud skip) when PostgreSQL is unreachable.
+    pub async fn postgres() -> Option<(Store, Guard)> {
+        let schema = waygate_testkit::PgSchema::create().await?;
+        let store = Store::connect(&schema.url).await.unwrap();
+        store.migrate().await.unwrap();
+        Some((store, Guard::Postgres(schema)))
+    }
+
+    /// Every backend a test should run on: SQLite always, PostgreSQL when reachable.
+    pub async fn backends() -> Vec<(Store, Guard)> {
+        let mut all = vec![sqlite().await];
+        all.extend(postgres().await);
+        all
     }
 }

@@ -126,24 +126,28 @@ fn normalize_email(email: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::sqlite;
+    use crate::testing::backends;
 
     #[tokio::test]
     async fn users_log_in_and_sessions_expire() {
-        let (store, _dir) = sqlite().await;
-        let u = store.create_user("Ada@Example.com ", "correct horse", 1).await.unwrap();
-        assert_eq!(u.email, "ada@example.com");
-        assert!(matches!(store.create_user("ada@example.com", "x", 2).await, Err(crate::StoreError::Conflict("user"))));
-        assert!(store.authenticate("ada@example.com", "wrong").await.unwrap().is_none());
-        assert!(store.authenticate("nobody@example.com", "correct horse").await.unwrap().is_none());
-        let who = store.authenticate("ADA@example.com", "correct horse").await.unwrap().unwrap();
-        assert_eq!(who.id, u.id);
+        for (store, _guard) in backends().await {
+            let u = store.create_user("Ada@Example.com ", "correct horse", 1).await.unwrap();
+            assert_eq!(u.email, "ada@example.com");
+            assert!(matches!(
+                store.create_user("ada@example.com", "x", 2).await,
+                Err(crate::StoreError::Conflict("user"))
+            ));
+            assert!(store.authenticate("ada@example.com", "wrong").await.unwrap().is_none());
+            assert!(store.authenticate("nobody@example.com", "correct horse").await.unwrap().is_none());
+            let who = store.authenticate("ADA@example.com", "correct horse").await.unwrap().unwrap();
+            assert_eq!(who.id, u.id);
 
-        let token = store.create_session(&u.id, 1000, 500).await.unwrap();
-        assert_eq!(store.session_user(&token, 1499).await.unwrap().unwrap().id, u.id);
-        assert!(store.session_user(&token, 1500).await.unwrap().is_none(), "expired");
-        assert!(store.session_user("not-a-token", 1000).await.unwrap().is_none());
-        store.delete_session(&token).await.unwrap();
-        assert!(store.session_user(&token, 1000).await.unwrap().is_none());
+            let token = store.create_session(&u.id, 1000, 500).await.unwrap();
+            assert_eq!(store.session_user(&token, 1499).await.unwrap().unwrap().id, u.id);
+            assert!(store.session_user(&token, 1500).await.unwrap().is_none(), "expired");
+            assert!(store.session_user("not-a-token", 1000).await.unwrap().is_none());
+            store.delete_session(&token).await.unwrap();
+            assert!(store.session_user(&token, 1000).await.unwrap().is_none());
+        }
     }
 }

@@ -112,11 +112,20 @@ pub async fn delete_device(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    let now = waygate_telemetry::now_millis();
+    let holder = state.store.get_device(&user.id, &id, now).await?.and_then(|d| d.connected_instance);
     if !state.store.delete_device(&user.id, &id).await? {
         return Err(ApiError::not_found("device"));
     }
     if let Some(local) = state.devices.get(&id) {
         local.conn.kick(close::DEVICE_DELETED, "device deleted");
+    } else if let Some(instance) = holder {
+        let msg = crate::cluster::ClusterMessage::KickDevice {
+            device_id: id.clone(),
+            code: close::DEVICE_DELETED,
+            reason: "device deleted".into(),
+        };
+        crate::cluster::send(&state, waygate_bus::Topic::Instance(instance), msg).await;
     }
     tracing::info!(device_id = %id, user_id = %user.id, "device deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -296,7 +305,7 @@ pub async fn control(
     let cmd: ControlCommand = parse(&body)?;
     match cmd.command.as_str() {
         "config.reload" => {
-            let changed = crate::reload::apply(&state)?;
+            let changed = crate::reload::apply(&state).await?;
             Ok(Json(json!({ "reloaded": true, "changed": changed })))
         }
         other => Err(ApiError::bad_request(format!("unknown command {other:?}; supported: config.reload"))),

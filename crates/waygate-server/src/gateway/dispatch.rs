@@ -16,8 +16,6 @@ use waygate_store::{CallOutcome, Claimed, QueueEvent};
 use crate::state::AppState;
 use crate::ws::Push;
 
-/// How long a claim stays valid without renewal (renewed every `LEASE_MS / 3`).
-pub const LEASE_MS: i64 = 15_000;
 const CLAIM_BATCH: i64 = 64;
 
 struct InFlight {
@@ -108,6 +106,10 @@ pub async fn pump_events(state: AppState) {
                 }
             }
             Ok(QueueEvent::Finished { call_id }) => state.dispatch.fire(&call_id),
+            Ok(QueueEvent::Resync) => {
+                state.dispatch.wake();
+                state.dispatch.fire_all();
+            }
             Err(RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "queue events lagged; rechecking everything");
                 state.dispatch.wake();
@@ -121,7 +123,8 @@ pub async fn pump_events(state: AppState) {
 async fn claim_and_deliver(state: &AppState) {
     loop {
         let now = waygate_telemetry::now_millis();
-        let claimed = match state.store.claim_tool_calls(&state.instance_id, now, LEASE_MS, CLAIM_BATCH).await {
+        let lease = state.config.dispatch_lease.as_millis() as i64;
+        let claimed = match state.store.claim_tool_calls(&state.instance_id, now, lease, CLAIM_BATCH).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming tool calls failed; retrying at the next poll");

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::state::AppState;
 
 const TICK: Duration = Duration::from_secs(1);
-/// Heartbeat, lease renewal and reaping every 5 ticks (leases last 15 s).
+/// Heartbeat, reaping and gauges every 5 ticks.
 const SLOW_EVERY: u64 = 5;
 /// Pruning every 10 minutes.
 const PRUNE_EVERY: u64 = 600;
@@ -14,12 +14,20 @@ const PRUNE_EVERY: u64 = 600;
 const RETENTION_MS: i64 = 24 * 3_600_000;
 
 pub async fn run(state: AppState) {
+    // Leases are renewed three times per lease period, so one missed round is harmless.
+    let lease = state.config.dispatch_lease;
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = state.lifecycle.stop.cancelled() => break,
+            _ = renew.tick() => {
+                renew_leases(&state, lease).await;
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let now = waygate_telemetry::now_millis();
@@ -31,6 +39,16 @@ pub async fn run(state: AppState) {
             prune(&state, now).await;
         }
         n += 1;
+    }
+}
+
+async fn renew_leases(state: &AppState, lease: Duration) {
+    if state.dispatch.in_flight() == 0 {
+        return;
+    }
+    let now = waygate_telemetry::now_millis();
+    if let Err(e) = state.store.renew_leases(&state.instance_id, now, lease.as_millis() as i64).await {
+        tracing::warn!(error = %e, "lease renewal failed");
     }
 }
 
@@ -55,8 +73,7 @@ async fn sweep(state: &AppState, now: i64) {
     }
 }
 
-/// Heartbeat, lease renewal, dead-instance reaping and gauges; also the readiness signal for
-/// the database.
+/// Heartbeat, dead-instance reaping and gauges; also the liveness signal for the database.
 pub async fn slow_round(state: &AppState, now: i64) {
     let draining = state.lifecycle.is_draining();
     let ok = state.store.heartbeat_instance(&state.instance_id, now, draining).await.is_ok();
@@ -64,11 +81,6 @@ pub async fn slow_round(state: &AppState, now: i64) {
     if !ok {
         tracing::warn!("instance heartbeat failed: database unreachable");
         return;
-    }
-    if state.dispatch.in_flight() > 0
-        && let Err(e) = state.store.renew_leases(&state.instance_id, now, super::dispatch::LEASE_MS).await
-    {
-        tracing::warn!(error = %e, "lease renewal failed");
     }
     super::dispatch::forget_stale(state, now);
     match state.store.reap_dead_instances(now).await {

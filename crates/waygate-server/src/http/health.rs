@@ -14,22 +14,27 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: 200 only when backends answer and the instance is not draining.
+/// Readiness: 200 only when every configured backend answers and the instance is not draining.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let mut reasons = Vec::new();
     if state.lifecycle.is_draining() {
         reasons.push("draining".to_owned());
     }
-    let database = match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => format!("error: {e}"),
-        Err(_) => "error: timed out".to_owned(),
-    };
-    state.metrics.backend_database.set(if database == "ok" { 1.0 } else { 0.0 });
-    if database != "ok" {
+    let check = Duration::from_secs(2);
+    let database = matches!(tokio::time::timeout(check, state.store.ping()).await, Ok(Ok(())));
+    state.metrics.backend_database.set(if database { 1.0 } else { 0.0 });
+    if !database {
         reasons.push("database unreachable".to_owned());
     }
-    let checks = json!({ "database": if database == "ok" { "ok" } else { "unreachable" } });
+    let mut checks = json!({ "database": if database { "ok" } else { "unreachable" } });
+    if state.bus.is_distributed() {
+        let redis = matches!(tokio::time::timeout(check, state.bus.ping()).await, Ok(Ok(())));
+        state.metrics.backend_redis.set(if redis { 1.0 } else { 0.0 });
+        if !redis {
+            reasons.push("redis unreachable".to_owned());
+        }
+        checks["redis"] = json!(if redis { "ok" } else { "unreachable" });
+    }
     if reasons.is_empty() {
         return Json(json!({ "status": "ready", "checks": checks })).into_response();
     }

@@ -38,17 +38,29 @@ pub async fn spawn_app_with(pairs: &[(&str, &str)]) -> TestApp {
 }
 
 pub async fn spawn_app_in(dir: tempfile::TempDir, pairs: &[(&str, &str)]) -> TestApp {
-    let db_url = format!("sqlite://{}", dir.path().join("waygate.db").display());
+    spawn_app_layers(dir, pairs, None).await
+}
+
+/// Like `spawn_app_in`, with a `--config` file (for `config.reload`).
+pub async fn spawn_app_layers(
+    dir: tempfile::TempDir,
+    pairs: &[(&str, &str)],
+    file: Option<std::path::PathBuf>,
+) -> TestApp {
+    let sqlite = format!("sqlite://{}", dir.path().join("waygate.db").display());
+    let db_url = pairs.iter().find(|(k, _)| *k == "DATABASE_URL").map_or(sqlite.clone(), |(_, v)| v.to_string());
     let mut all: Vec<(&str, &str)> = vec![
         ("WEBSOCKET_HOST", "127.0.0.1"),
         ("WEBSOCKET_PORT", "0"),
         ("GATEWAY_WS_PORT", "0"),
-        ("DATABASE_URL", &db_url),
+        ("DATABASE_URL", &sqlite),
         ("GATEWAY_DISPATCH_POLL_MS", "100"),
         ("TERMINAL_GATEWAY_DRAIN_TIMEOUT_SECONDS", "1"),
     ];
     all.extend_from_slice(pairs);
-    let config = Config::from_pairs(all).expect("test config is valid");
+    let flags = all.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let config =
+        Config::load(waygate_config::Layers { flags, env: Default::default(), file }).expect("test config is valid");
     let app = waygate_server::App::build(config, waygate_telemetry::LogHandle::noop()).await.expect("app builds");
     let http = app.http_addr();
     let ws = app.ws_addr().expect("standalone listener on");
@@ -90,10 +102,13 @@ impl TestApp {
         }
     }
 
-    /// Creates a user directly in the database and logs in through the API.
+    /// Creates a user directly in the database (unless it exists) and logs in through the API.
     pub async fn user(&self, email: &str) -> TestUser {
         let store = waygate_store::Store::connect(&self.db_url).await.unwrap();
-        store.create_user(email, "password123", waygate_telemetry::now_millis()).await.unwrap();
+        match store.create_user(email, "password123", waygate_telemetry::now_millis()).await {
+            Ok(_) | Err(waygate_store::StoreError::Conflict(_)) => {}
+            Err(e) => panic!("cannot create user: {e}"),
+        }
         store.close().await;
         let res = self
             .client

@@ -1,0 +1,171 @@
+//! A real instance is SIGKILLed while it holds a claimed tool call: the call is failed with a
+//! clear error once its lease lapses (never lost, never run twice, one terminal state), and
+//! the device carries on through another instance.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("frame in time") {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("socket ended: {other:?}"),
+        }
+    }
+}
+
+async fn device(http: &str, id: &str, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/api/gateway/ws")).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    ws.send(Message::text(json!({"type": "register", "deviceId": id, "sessionToken": token}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "ack");
+    ws
+}
+
+#[tokio::test]
+async fn a_killed_claimer_fails_its_call_once_after_the_lease() {
+    let Some(pg) = waygate_testkit::PgSchema::create().await else { return };
+    let Some(redis) = waygate_testkit::RedisNs::create().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = |name: &'static str| {
+        vec![
+            ("DATABASE_URL", pg.url.clone()),
+            ("REDIS_URL", redis.url.clone()),
+            ("WAYGATE_REDIS_PREFIX", redis.prefix.clone()),
+            ("WAYGATE_CLUSTER", "true".into()),
+            ("WAYGATE_INSTANCE_ID", name.into()),
+            ("GATEWAY_DISPATCH_LEASE_MS", "2000".into()),
+            ("TERMINAL_GATEWAY_DRAIN_TIMEOUT_SECONDS", "1".into()),
+        ]
+    };
+    let start = |name| {
+        let vars = env(name);
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Server::start(dir.path(), &pairs)
+    };
+    let a = start("a");
+    let mut b = start("b");
+
+    let mut add = waygate(dir.path())
+        .args(["user", "add", "kill@example.com"])
+        .env("DATABASE_URL", &pg.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    add.stdin.take().unwrap().write_all(b"password123\n").unwrap();
+    assert!(add.wait().unwrap().success());
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(a.url("/api/auth/login"))
+        .json(&json!({"email": "kill@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    let reg: Value = client
+        .post(a.url("/api/gateway/devices"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "d", "platform": "linux", "capabilities": ["desktop"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, session) =
+        (reg["deviceId"].as_str().unwrap().to_owned(), reg["sessionToken"].as_str().unwrap().to_owned());
+
+    let mut on_b = device(&b.http, &id, &session).await;
+    let call = {
+        let (client, url, token) = (client.clone(), a.url("/api/gateway/tool-calls"), token.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"capability": "desktop", "tool": "long", "timeoutMs": 60_000}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let delivered = next_json(&mut on_b).await;
+    assert_eq!(delivered["type"], "tool_call");
+    let call_id = delivered["callId"].as_str().unwrap().to_owned();
+
+    b.signal(libc::SIGKILL);
+    b.wait_exit(Duration::from_secs(5));
+
+    // A fails the call once B's lease lapses: a clear error, well before the 60 s deadline.
+    let res = call.await.unwrap();
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "device_disconnected");
+    assert_eq!(body["error"]["details"]["callId"], call_id.as_str());
+
+    // The device reconnects through A: the failed call is not delivered again, and a late
+    // result for it changes nothing.
+    let mut on_a = device(&a.http, &id, &session).await;
+    on_a.send(Message::text(
+        json!({"type": "tool_result", "callId": call_id, "ok": true, "result": "late"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let reply = next_json(&mut on_a).await;
+    assert_eq!(reply["error"]["code"], "not_found", "{reply}");
+    let view: Value = client
+        .get(a.url(&format!("/api/gateway/tool-calls/{call_id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (view["status"].as_str(), view["error"]["code"].as_str()),
+        (Some("failed"), Some("device_disconnected"))
+    );
+    let health: Value = client.get(a.url("/api/gateway/health")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["gateway"]["dispatchQueue"]["failedLastHour"], 1);
+    assert_eq!(health["gateway"]["dispatchQueue"]["processing"], 0);
+
+    // New work flows through the surviving instance.
+    let next = {
+        let (client, url, token) = (client.clone(), a.url("/api/gateway/tool-calls"), token.clone());
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"capability": "desktop", "tool": "after"}))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let msg = next_json(&mut on_a).await;
+    assert_eq!(msg["tool"], "after");
+    assert_ne!(msg["callId"], call_id.as_str());
+    on_a.send(Message::text(
+        json!({"type": "tool_result", "callId": msg["callId"], "ok": true, "result": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next.await.unwrap().status(), 200);
+    drop(a);
+}
