@@ -137,10 +137,10 @@ impl Bus {
                 }
                 _ => None,
             };
-            if let Some(d) = delivery {
-                if push_tx.try_send(d).is_err() {
-                    push_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(d) = delivery
+                && push_tx.try_send(d).is_err()
+            {
+                push_dropped.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         };
