@@ -113,6 +113,21 @@ pub static KEYS: &[Key] = &[
     key("WAYGATE_JWT_SECRET", None, Secret, false, "HS256 secret for WS connect tokens"),
     key("WAYGATE_JWT_PUBLIC_KEY_FILE", None, Str, false, "RS256/ES256 PEM public key for WS connect tokens"),
     key("WAYGATE_PUBLIC_WS_URL", None, Str, false, "WS base the terminal page uses (default: same origin)"),
+    key(
+        "WAYGATE_API_KEY",
+        None,
+        Secret,
+        false,
+        "bearer for the server push API (`/api/connections`, `/api/channels`) from backends",
+    ),
+    key("WAYGATE_HISTORY_SIZE", Some("100"), Int, false, "messages kept per channel for reconnect recovery (`since`)"),
+    key(
+        "WAYGATE_HISTORY_TTL_SECONDS",
+        Some("300"),
+        Int,
+        false,
+        "how long a channel's history outlives its last message",
+    ),
     key("WAYGATE_ALLOWED_ORIGINS", None, List, true, "browser origins allowed to upgrade (unset: any)"),
     key("WAYGATE_MAX_CONNECTIONS", Some("100000"), Int, true, "total WS connections; more get 503 before the upgrade"),
     key(

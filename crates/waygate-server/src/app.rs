@@ -20,6 +20,8 @@ use crate::ws::ConnRegistry;
 pub enum BuildError {
     #[error("cannot open the database: {0}")]
     Store(#[source] StoreError),
+    #[error("invalid JWT configuration: {0}")]
+    Jwt(String),
     #[error("cannot reach Redis: {0}")]
     Bus(#[source] waygate_bus::BusError),
     #[error("cannot bind {addr}: {source}")]
@@ -50,6 +52,8 @@ impl App {
                 .map_err(BuildError::Bus)?,
             None => waygate_bus::Bus::local(&instance_id),
         };
+        let jwt = crate::realtime::auth::JwtVerifier::from_config(&config).map_err(BuildError::Jwt)?;
+        let realtime = crate::realtime::Realtime::new(&bus, config.history_size, config.history_ttl, &instance_id);
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.websocket_host, port);
             async move { TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source }) }
@@ -63,6 +67,8 @@ impl App {
             live: Live::new(&config),
             store,
             bus,
+            realtime,
+            jwt,
             metrics: Metrics::new(),
             instance_id,
             conns: ConnRegistry::default(),

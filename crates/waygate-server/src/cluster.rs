@@ -14,6 +14,10 @@ pub enum ClusterMessage {
     KickDevice { device_id: String, code: u16, reason: String },
     /// Re-read the configuration file (sent by the instance that took the command).
     ConfigReload { origin: String },
+    /// Push API: send a text message to a connection held by the receiving instance.
+    PushToConnection { connection_id: String, payload: String },
+    /// Push API: close a connection held by the receiving instance.
+    DisconnectConnection { connection_id: String },
 }
 
 impl ClusterMessage {
@@ -38,6 +42,9 @@ pub async fn run(state: AppState) {
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
         match delivery {
+            Delivery::Message { topic: Topic::Channel(channel), payload } => {
+                state.realtime.deliver(&channel, &payload, state.live.send_queue());
+            }
             Delivery::Message { payload, .. } => match serde_json::from_slice::<ClusterMessage>(&payload) {
                 Ok(msg) => handle(&state, msg),
                 Err(e) => tracing::warn!(error = %e, "undecodable cluster message ignored"),
@@ -72,5 +79,17 @@ fn handle(state: &AppState, msg: ClusterMessage) {
             }
         }
         ClusterMessage::ConfigReload { .. } => {}
+        ClusterMessage::PushToConnection { connection_id, payload } => {
+            let conn = u128::from_str_radix(&connection_id, 16).ok().and_then(|id| state.conns.get(id));
+            if let Some(conn) = conn {
+                conn.push(waygate_ws::text_frame(payload.as_bytes()), state.live.send_queue());
+            }
+        }
+        ClusterMessage::DisconnectConnection { connection_id } => {
+            let conn = u128::from_str_radix(&connection_id, 16).ok().and_then(|id| state.conns.get(id));
+            if let Some(conn) = conn {
+                conn.kick(waygate_proto::close::NORMAL, "disconnected by the server");
+            }
+        }
     }
 }

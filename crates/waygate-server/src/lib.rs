@@ -15,6 +15,7 @@ mod gateway;
 mod http;
 mod listener;
 mod metrics;
+mod realtime;
 mod reload;
 mod state;
 mod ws;

@@ -21,6 +21,8 @@ pub struct Shared {
     pub live: Live,
     pub store: Store,
     pub bus: waygate_bus::Bus,
+    pub realtime: crate::realtime::Realtime,
+    pub jwt: Option<crate::realtime::auth::JwtVerifier>,
     pub metrics: Metrics,
     pub instance_id: String,
     pub conns: ConnRegistry,

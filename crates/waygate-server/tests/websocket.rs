@@ -290,3 +290,28 @@ async fn drain_refuses_new_upgrades_and_closes_the_rest_with_1001() {
     assert_eq!(recv_close(&mut ws).await, (1001, "gateway draining".to_owned()));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn messages_sent_right_behind_the_upgrade_request_are_handled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let mut tcp = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    let ping = br#"{"action":"ping","id":"early"}"#;
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.http
+    )
+    .into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x80 | ping.len() as u8, 0, 0, 0, 0]);
+    bytes.extend_from_slice(ping);
+    tcp.write_all(&bytes).await.unwrap(); // one write: request and frame arrive together
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"early\"") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.expect("pong in time").unwrap();
+        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    app.stop().await;
+}

@@ -75,6 +75,8 @@ async fn sweep(state: &AppState, now: i64) {
 
 /// Heartbeat, dead-instance reaping and gauges; also the liveness signal for the database.
 pub async fn slow_round(state: &AppState, now: i64) {
+    state.realtime.sweep();
+    state.realtime.heartbeat(TICK * SLOW_EVERY as u32).await;
     let draining = state.lifecycle.is_draining();
     let ok = state.store.heartbeat_instance(&state.instance_id, now, draining).await.is_ok();
     state.metrics.backend_database.set(if ok { 1.0 } else { 0.0 });

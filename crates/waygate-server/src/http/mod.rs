@@ -14,6 +14,7 @@ use axum::response::Response;
 use axum::routing::{any, get, post};
 
 use crate::gateway::api;
+use crate::realtime;
 use crate::state::AppState;
 use crate::ws;
 use error::ApiError;
@@ -46,6 +47,11 @@ pub fn main_router(state: AppState) -> Router {
         .route("/api/gateway/tool-calls/{id}", get(api::get_tool_call))
         .route("/api/gateway/health", get(api::gateway_health))
         .route("/api/gateway/control", post(api::control))
+        .route(
+            "/api/connections/{id}",
+            post(realtime::push::send).get(realtime::push::info).delete(realtime::push::disconnect),
+        )
+        .route("/api/channels/{channel}/publish", post(realtime::push::publish))
         .merge(ws_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

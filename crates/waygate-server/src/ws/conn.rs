@@ -61,12 +61,21 @@ pub(crate) struct Connection {
     missed_pongs: u8,
     active_since_tick: bool,
     pub device: Option<DeviceSession>,
+    /// JWT claims, when the connection presented one (boxed: most connections have none).
+    pub auth: Option<Box<crate::realtime::auth::ConnAuth>>,
     _slot: Slot,
 }
 
 impl Connection {
-    pub fn new(state: AppState, ws: WsStream, kind: PathKind, slot: Slot) -> Connection {
-        let shared = Arc::new(ConnShared::new(rand::random()));
+    pub fn new(
+        state: AppState,
+        ws: WsStream,
+        kind: PathKind,
+        slot: Slot,
+        auth: Option<Box<crate::realtime::auth::ConnAuth>>,
+    ) -> Connection {
+        let user = auth.as_ref().and_then(|a| a.user_id.as_deref()).map(Box::from);
+        let shared = Arc::new(ConnShared::new(rand::random(), user));
         let rps = state.live.messages_per_second.load(std::sync::atomic::Ordering::Relaxed);
         Connection {
             state,
@@ -77,12 +86,13 @@ impl Connection {
             missed_pongs: 0,
             active_since_tick: false,
             device: None,
+            auth,
             _slot: slot,
         }
     }
 
     pub fn connection_id(&self) -> String {
-        format!("{:032x}", self.shared.id)
+        self.shared.id_hex()
     }
 
     pub async fn run(mut self) {
@@ -90,6 +100,7 @@ impl Connection {
         m.ws_total.increment(1);
         m.ws_active.increment(1.0);
         self.state.conns.insert(self.shared.clone());
+        self.register_remote().await;
         tracing::debug!(connection_id = %self.connection_id(), "connection opened");
 
         let close = self.serve().await;
@@ -103,11 +114,39 @@ impl Connection {
         };
         self.state.metrics.closed(code);
         self.state.conns.remove(self.shared.id);
+        for channel in self.shared.take_channels() {
+            self.state.realtime.unsubscribe(self.shared.id, &channel).await;
+        }
+        self.unregister_remote().await;
         if let Some(device) = self.device.take() {
             device.disconnected(&self.state, &self.shared).await;
         }
         self.state.metrics.ws_active.decrement(1.0);
-        tracing::debug!(connection_id = %format!("{:032x}", self.shared.id), code, "connection closed");
+        tracing::debug!(connection_id = %self.shared.id_hex(), code, "connection closed");
+    }
+
+    /// Cluster mode: record where this connection lives, for the push API on other instances.
+    async fn register_remote(&self) {
+        let Some(mut con) = self.state.bus.redis_connection() else { return };
+        let record = serde_json::json!({
+            "i": self.state.instance_id,
+            "u": self.shared.user_id.as_deref(),
+            "t": self.shared.connected_at,
+        });
+        let r = redis::cmd("SET")
+            .arg(self.state.bus.key(&format!("conn:{}", self.connection_id())))
+            .arg(record.to_string())
+            .query_async::<()>(&mut con)
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "connection not recorded in redis; push from other instances will not find it");
+        }
+    }
+
+    async fn unregister_remote(&self) {
+        let Some(mut con) = self.state.bus.redis_connection() else { return };
+        let key = self.state.bus.key(&format!("conn:{}", self.connection_id()));
+        let _ = redis::cmd("DEL").arg(key).query_async::<()>(&mut con).await;
     }
 
     async fn serve(&mut self) -> Close {
@@ -124,6 +163,13 @@ impl Connection {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let state = self.state.clone();
         let shared = self.shared.clone();
+        // A client may send right behind its upgrade request; those bytes arrived with the
+        // request, so no readiness event will announce them.
+        if self.ws.has_buffered_input()
+            && let Flow::Close(code, reason) = self.handle_buffered().await
+        {
+            return Some((code, reason));
+        }
         loop {
             let pending = self.ws.has_pending_output();
             tokio::select! {
@@ -181,6 +227,11 @@ impl Connection {
             Ok(_) => {}
             Err(e) => return Self::on_error(e),
         }
+        self.handle_buffered().await
+    }
+
+    /// Handles every complete message already buffered.
+    async fn handle_buffered(&mut self) -> Flow {
         loop {
             match self.ws.next_message() {
                 Ok(Some(msg)) => {
@@ -265,6 +316,10 @@ impl Connection {
                 self.send_pong(id);
                 Flow::Continue
             }
+            (PathKind::Realtime, Some("subscribe")) => crate::realtime::actions::subscribe(self, &text, id).await,
+            (PathKind::Realtime, Some("unsubscribe")) => crate::realtime::actions::unsubscribe(self, &text, id).await,
+            (PathKind::Realtime, Some("publish")) => crate::realtime::actions::publish(self, &text, id).await,
+            (PathKind::Realtime, Some("presence")) => crate::realtime::actions::presence(self, &text, id).await,
             (_, Some(action)) => {
                 let msg = match self.kind {
                     PathKind::DeviceOnly => {

@@ -137,7 +137,42 @@ where
 }
 
 fn upgrade(state: AppState, req: Request, kind: PathKind) -> ApiResult<Response> {
+    let (auth, protocol) = match kind {
+        PathKind::Realtime => connect_auth(&state, &req)?,
+        // Devices authenticate with their session token in `register`.
+        PathKind::DeviceOnly => (None, None),
+    };
     let (slot, accept) = precheck(&state, &req, "gateway draining")?;
     let s = state.clone();
-    switch(&state, req, accept, None, move |ws| conn::Connection::new(s, ws, kind, slot).run())
+    switch(&state, req, accept, protocol, move |ws| conn::Connection::new(s, ws, kind, slot, auth).run())
+}
+
+/// JWT connect auth for realtime paths: from `Authorization: Bearer` or the
+/// `waygate.jwt, <token>` subprotocol, never from the query string. Required when a JWT key is
+/// configured; without one, connections are anonymous.
+fn connect_auth(
+    state: &AppState,
+    req: &Request,
+) -> ApiResult<(Option<Box<crate::realtime::auth::ConnAuth>>, Option<&'static str>)> {
+    use crate::realtime::auth::JWT_PROTOCOL;
+    let query = req.uri().query().unwrap_or("");
+    if query.split('&').any(|kv| kv.starts_with("access_token=") || kv.starts_with("token=")) {
+        return Err(ApiError::new(
+            ErrorCode::TokenInQueryForbidden,
+            "tokens in the URL are refused (they end up in logs): use Authorization: Bearer or Sec-WebSocket-Protocol: waygate.jwt, <token>",
+        ));
+    }
+    let Some(verifier) = &state.jwt else { return Ok((None, None)) };
+    let offered: Vec<&str> = waygate_ws::requested_protocols(req.headers()).collect();
+    let from_protocol = offered.iter().position(|p| *p == JWT_PROTOCOL).and_then(|i| offered.get(i + 1)).copied();
+    let token = crate::http::auth::bearer(req.headers()).or(from_protocol);
+    let Some(token) = token else {
+        state.metrics.upgrade_rejected("unauthorized").increment(1);
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "a JWT is required: send Authorization: Bearer <jwt> or Sec-WebSocket-Protocol: waygate.jwt, <jwt>",
+        ));
+    };
+    let auth = verifier.verify(token).inspect_err(|_| state.metrics.upgrade_rejected("unauthorized").increment(1))?;
+    Ok((Some(Box::new(auth)), from_protocol.is_some().then_some(JWT_PROTOCOL)))
 }

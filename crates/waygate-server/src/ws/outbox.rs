@@ -12,6 +12,11 @@ use tokio::sync::Notify;
 
 pub struct ConnShared {
     pub id: u128,
+    /// From the connect JWT's `sub`; `None` for anonymous connections.
+    pub user_id: Option<Box<str>>,
+    pub connected_at: i64,
+    /// Channels this connection is subscribed to (for cleanup and the push API's info).
+    channels: Mutex<Vec<Box<str>>>,
     queue: Mutex<Queue>,
     /// Queue length, readable without the lock.
     len: AtomicUsize,
@@ -35,8 +40,49 @@ pub enum Push {
 }
 
 impl ConnShared {
-    pub fn new(id: u128) -> ConnShared {
-        ConnShared { id, queue: Mutex::new(Queue::default()), len: AtomicUsize::new(0), notify: Notify::new() }
+    pub fn new(id: u128, user_id: Option<Box<str>>) -> ConnShared {
+        ConnShared {
+            id,
+            user_id,
+            connected_at: waygate_telemetry::now_millis(),
+            channels: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
+            len: AtomicUsize::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    pub fn id_hex(&self) -> String {
+        format!("{:032x}", self.id)
+    }
+
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.channels.lock().expect("channels lock").iter().any(|c| &**c == channel)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.lock().expect("channels lock").len()
+    }
+
+    pub fn add_channel(&self, channel: &str) {
+        self.channels.lock().expect("channels lock").push(channel.into());
+    }
+
+    /// `true` if the connection was subscribed.
+    pub fn remove_channel(&self, channel: &str) -> bool {
+        let mut channels = self.channels.lock().expect("channels lock");
+        let before = channels.len();
+        channels.retain(|c| &**c != channel);
+        channels.len() != before
+    }
+
+    /// Empties the subscription list, returning it.
+    pub fn take_channels(&self) -> Vec<Box<str>> {
+        std::mem::take(&mut *self.channels.lock().expect("channels lock"))
+    }
+
+    pub fn channels(&self) -> Vec<String> {
+        self.channels.lock().expect("channels lock").iter().map(|c| c.to_string()).collect()
     }
 
     /// Queues a ready-to-write frame (shared `Bytes`: no copy per subscriber).
@@ -54,9 +100,14 @@ impl ConnShared {
             return Push::Overflow;
         }
         q.frames.push_back(frame);
-        self.len.store(q.frames.len(), Ordering::Release);
+        let len = q.frames.len();
+        self.len.store(len, Ordering::Release);
         drop(q);
-        self.notify.notify_one();
+        // Only the push that makes the queue non-empty wakes the connection: it drains
+        // everything queued by then, so later pushes ride along (one write for many frames).
+        if len == 1 {
+            self.notify.notify_one();
+        }
         Push::Queued
     }
 
@@ -106,7 +157,7 @@ mod tests {
 
     #[test]
     fn overflow_kicks_as_slow_consumer_and_drops_the_backlog() {
-        let c = ConnShared::new(1);
+        let c = ConnShared::new(1, None);
         assert_eq!(c.push(Bytes::from_static(b"a"), 2), Push::Queued);
         assert_eq!(c.push(Bytes::from_static(b"b"), 2), Push::Queued);
         assert_eq!(c.len(), 2);
@@ -118,7 +169,7 @@ mod tests {
 
     #[test]
     fn first_kick_wins_and_drain_keeps_order() {
-        let c = ConnShared::new(1);
+        let c = ConnShared::new(1, None);
         c.push(Bytes::from_static(b"1"), 10);
         c.push(Bytes::from_static(b"2"), 10);
         let mut out = vec![];

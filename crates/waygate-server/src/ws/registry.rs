@@ -55,6 +55,10 @@ impl ConnRegistry {
         self.conns.remove(&id);
     }
 
+    pub fn get(&self, id: u128) -> Option<Arc<ConnShared>> {
+        self.conns.get(&id).map(|c| c.clone())
+    }
+
     pub fn count(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }

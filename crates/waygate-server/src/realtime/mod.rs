@@ -1,0 +1,9 @@
+//! Realtime channels (SPEC 4.3): subscribe/publish with offsets and recovery, presence, JWT
+//! connect auth and the server push API.
+
+pub mod actions;
+pub mod auth;
+pub mod channels;
+pub mod push;
+
+pub use channels::Realtime;
