@@ -97,6 +97,8 @@ impl App {
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
         let state = self.state;
         let lc = &state.lifecycle;
+        // Presence trusts only instances marked alive: be marked before the first connection.
+        state.realtime.heartbeat(crate::gateway::maintenance::SLOW_PERIOD).await;
         lc.background.spawn(crate::gateway::dispatch::run(state.clone()));
         lc.background.spawn(crate::gateway::dispatch::pump_events(state.clone()));
         lc.background.spawn(crate::gateway::maintenance::run(state.clone()));

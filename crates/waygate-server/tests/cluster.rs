@@ -250,3 +250,72 @@ async fn two_thousand_calls_across_three_instances_each_run_exactly_once() {
     assert!(executed.values().all(|&n| n == 1), "no call ran twice");
     assert_eq!(executed.keys().cloned().collect::<BTreeSet<_>>(), accepted);
 }
+
+#[tokio::test]
+async fn channels_presence_and_push_work_across_instances() {
+    let Some(c) = Cluster::new().await else { return };
+    let key = [("WAYGATE_API_KEY", "k"), ("WAYGATE_HISTORY_SIZE", "10")];
+    let a = c.instance("a", &key).await;
+    let b = c.instance("b", &key).await;
+    let (mut on_b, welcome) = connect_welcomed(&b.ws_url("/ws")).await;
+    let (mut on_a, _) = connect_welcomed(&a.ws_url("/ws")).await;
+    for ws in [&mut on_a, &mut on_b] {
+        send_json(ws, json!({"action": "subscribe", "channel": "global"})).await;
+        assert_eq!(recv_json(ws).await["type"], "subscribed");
+    }
+    // A client on A publishes; both instances deliver, with one order and one offset.
+    send_json(&mut on_a, json!({"action": "publish", "channel": "global", "data": "x", "id": 1})).await;
+    let mut got_a = vec![recv_json(&mut on_a).await, recv_json(&mut on_a).await];
+    got_a.sort_by_key(|v| v["type"].as_str().unwrap().to_owned());
+    assert_eq!(got_a[0]["type"], "message");
+    assert_eq!(got_a[1], json!({"type": "published", "id": 1, "channel": "global", "offset": 1}));
+    assert_eq!(recv_json(&mut on_b).await, json!({"type": "message", "channel": "global", "data": "x", "offset": 1}));
+
+    // The HTTP publish on B reaches A's subscriber too.
+    let res =
+        b.client.post(b.url("/api/channels/global/publish")).bearer_auth("k").json(&json!(2)).send().await.unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["offset"], 2);
+    assert_eq!(recv_json(&mut on_a).await["offset"], 2);
+    assert_eq!(recv_json(&mut on_b).await["offset"], 2);
+
+    // Presence sees both instances' members.
+    send_json(&mut on_a, json!({"action": "presence", "channel": "global"})).await;
+    assert_eq!(recv_json(&mut on_a).await["count"], 2);
+
+    // Recovery reads the shared history: a client reconnecting to A gets what it missed.
+    let (mut late, _) = connect_welcomed(&a.ws_url("/ws")).await;
+    send_json(&mut late, json!({"action": "subscribe", "channel": "global", "since": 0})).await;
+    let r = recv_json(&mut late).await;
+    assert_eq!((r["recovered"].as_bool(), r["offset"].as_u64()), (Some(true), Some(2)));
+    assert_eq!(recv_json(&mut late).await["offset"], 1);
+    assert_eq!(recv_json(&mut late).await["offset"], 2);
+
+    // The push API on A reaches the connection held by B, and closes it.
+    let id = welcome["connectionId"].as_str().unwrap();
+    let res = a
+        .client
+        .post(a.url(&format!("/api/connections/{id}")))
+        .bearer_auth("k")
+        .body(r#"{"direct":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(recv_json(&mut on_b).await, json!({"direct": true}));
+    let info: Value = a
+        .client
+        .get(a.url(&format!("/api/connections/{id}")))
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["instanceId"], "b");
+    let res = a.client.delete(a.url(&format!("/api/connections/{id}"))).bearer_auth("k").send().await.unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(recv_close(&mut on_b).await.0, 1000);
+    a.stop().await;
+    b.stop().await;
+}

@@ -8,6 +8,7 @@ use crate::state::AppState;
 const TICK: Duration = Duration::from_secs(1);
 /// Heartbeat, reaping and gauges every 5 ticks.
 const SLOW_EVERY: u64 = 5;
+pub const SLOW_PERIOD: Duration = Duration::from_secs(SLOW_EVERY);
 /// Pruning every 10 minutes.
 const PRUNE_EVERY: u64 = 600;
 /// Finished calls are kept for a day (SPEC 4.1).
@@ -76,7 +77,7 @@ async fn sweep(state: &AppState, now: i64) {
 /// Heartbeat, dead-instance reaping and gauges; also the liveness signal for the database.
 pub async fn slow_round(state: &AppState, now: i64) {
     state.realtime.sweep();
-    state.realtime.heartbeat(TICK * SLOW_EVERY as u32).await;
+    state.realtime.heartbeat(SLOW_PERIOD).await;
     let draining = state.lifecycle.is_draining();
     let ok = state.store.heartbeat_instance(&state.instance_id, now, draining).await.is_ok();
     state.metrics.backend_database.set(if ok { 1.0 } else { 0.0 });
