@@ -20,6 +20,8 @@ use crate::ws::ConnRegistry;
 pub enum BuildError {
     #[error("cannot open the database: {0}")]
     Store(#[source] StoreError),
+    #[error("cannot set up action routes: {0}")]
+    Routes(String),
     #[error("invalid JWT configuration: {0}")]
     Jwt(String),
     #[error("cannot reach Redis: {0}")]
@@ -54,6 +56,7 @@ impl App {
         };
         let jwt = crate::realtime::auth::JwtVerifier::from_config(&config).map_err(BuildError::Jwt)?;
         let realtime = crate::realtime::Realtime::new(&bus, config.history_size, config.history_ttl, &instance_id);
+        let routing = crate::realtime::routes::Routing::new(&config).map_err(BuildError::Routes)?;
         let bind = |port: u16| {
             let addr = SocketAddr::new(config.websocket_host, port);
             async move { TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source }) }
@@ -68,6 +71,7 @@ impl App {
             store,
             bus,
             realtime,
+            routing,
             jwt,
             metrics: Metrics::new(),
             instance_id,

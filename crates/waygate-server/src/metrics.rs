@@ -46,6 +46,7 @@ impl Metrics {
         r.describe_gauge(names::DRAINING, "1 while the instance drains after SIGTERM");
         r.describe_counter(names::CONFIG_RELOADS_TOTAL, "config.reload commands applied, by outcome");
         r.describe_gauge(names::BACKEND_UP, "1 when a backend answered its last check");
+        r.describe_counter(names::ROUTE_FAILURES_TOTAL, "Routed actions whose target (queue or webhook) failed");
         r.describe_counter(names::TERMINAL_WS_EVENTS_TOTAL, "Terminal WebSocket events, by outcome and reason");
         r.describe_counter(
             names::TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL,
@@ -81,6 +82,7 @@ impl Metrics {
             m.registry.counter(names::DEVICE_REGISTRATIONS_TOTAL, &[("outcome", outcome.into())]).increment(0);
         }
         m.registry.counter(names::TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL, &[]).increment(0);
+        m.registry.counter(names::ROUTE_FAILURES_TOTAL, &[]).increment(0);
         m.registry.counter(names::WS_NOTIFICATIONS_WRITE_ERRORS_TOTAL, &[]).increment(0);
         m.registry.gauge(names::TERMINAL_SESSIONS_ACTIVE, &[]).set(0.0);
         m

@@ -22,6 +22,7 @@ pub struct Shared {
     pub store: Store,
     pub bus: waygate_bus::Bus,
     pub realtime: crate::realtime::Realtime,
+    pub routing: crate::realtime::routes::Routing,
     pub jwt: Option<crate::realtime::auth::JwtVerifier>,
     pub metrics: Metrics,
     pub instance_id: String,

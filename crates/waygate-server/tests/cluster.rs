@@ -265,7 +265,7 @@ async fn channels_presence_and_push_work_across_instances() {
     }
     // A client on A publishes; both instances deliver, with one order and one offset.
     send_json(&mut on_a, json!({"action": "publish", "channel": "global", "data": "x", "id": 1})).await;
-    let mut got_a = vec![recv_json(&mut on_a).await, recv_json(&mut on_a).await];
+    let mut got_a = [recv_json(&mut on_a).await, recv_json(&mut on_a).await];
     got_a.sort_by_key(|v| v["type"].as_str().unwrap().to_owned());
     assert_eq!(got_a[0]["type"], "message");
     assert_eq!(got_a[1], json!({"type": "published", "id": 1, "channel": "global", "offset": 1}));

@@ -299,7 +299,11 @@ async fn a_subscriber_that_stops_reading_is_closed_while_others_keep_receiving()
     recv_json(&mut good).await;
 
     // The stalled client subscribes, then never reads again.
-    let mut stalled = tokio::net::TcpStream::connect(app.http).await.unwrap();
+    // A small receive buffer turns off autotuning (up to 32 MB here), so the backlog reaches
+    // the server's outbox instead of hiding in the kernel.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(app.http).await.unwrap();
     stalled
         .write_all(
             format!(
@@ -325,6 +329,21 @@ async fn a_subscriber_that_stops_reading_is_closed_while_others_keep_receiving()
     })
     .await;
 
+    // As soon as the server gives up on the stalled client, it reads again: everything the
+    // kernel held, then the 1013 close frame (the unsent backlog was dropped, not queued).
+    let (client, metrics_url) = (app.client.clone(), app.url("/metrics"));
+    let stalled_reader = tokio::spawn(async move {
+        loop {
+            let text = client.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+            if metric(&text, "waygate_ws_slow_consumer_total") >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut all)).await.unwrap().unwrap();
+        all
+    });
     let big = "x".repeat(60_000);
     let reader = tokio::spawn(async move {
         let mut n = 0;
@@ -349,9 +368,7 @@ async fn a_subscriber_that_stops_reading_is_closed_while_others_keep_receiving()
         assert_eq!(res.status(), 200);
     }
     assert_eq!(reader.await.unwrap(), 300, "the healthy subscriber got everything");
-    // Reading the stalled socket now shows it was closed with 1013 slow_consumer.
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut all)).await.unwrap().unwrap();
+    let all = stalled_reader.await.unwrap();
     let tail = &all[all.len().saturating_sub(64)..];
     let close = tail.windows(4).rposition(|w| w[0] == 0x88).expect("a close frame at the end");
     let code = u16::from_be_bytes([tail[close + 2], tail[close + 3]]);

@@ -5,6 +5,7 @@
 //! the queue claim differs (`FOR UPDATE SKIP LOCKED` on PostgreSQL). Timestamps are epoch
 //! milliseconds passed in by the caller, so every query is deterministic under test.
 
+mod connections;
 mod devices;
 mod events;
 mod instances;
@@ -20,6 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use connections::ClosedConnection;
 pub use events::QueueEvent;
 pub use models::{CallOutcome, Claimed, DeviceRow, NewToolCall, RegisterTarget, ToolCallRow, User};
 pub use token::{hash_token, random_token};

@@ -27,6 +27,7 @@ pub mod names {
     pub const DRAINING: &str = "waygate_draining";
     pub const CONFIG_RELOADS_TOTAL: &str = "waygate_config_reloads_total";
     pub const BACKEND_UP: &str = "waygate_backend_up";
+    pub const ROUTE_FAILURES_TOTAL: &str = "waygate_route_failures_total";
     // Seed 001 names, kept exactly.
     pub const TERMINAL_WS_EVENTS_TOTAL: &str = "terminal_gateway_ws_events_total";
     pub const TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL: &str = "terminal_token_replay_rejected_total";

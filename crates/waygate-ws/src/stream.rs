@@ -306,6 +306,16 @@ impl WsStream {
         Ok(true)
     }
 
+    /// Drops queued output that has not started going out (a frame half written is kept, so
+    /// the stream stays well framed). Used before closing a slow consumer: its backlog will
+    /// never be read, and the close frame should be next on the wire.
+    pub fn discard_pending_output(&mut self) -> usize {
+        let keep = usize::from(self.out_offset > 0);
+        let dropped = self.out.len().saturating_sub(keep);
+        self.out.truncate(keep);
+        dropped
+    }
+
     /// Drops buffers that an idle connection does not need, so idle memory stays small.
     pub fn release_idle_buffers(&mut self) {
         if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {

@@ -84,3 +84,24 @@ fn migrate_applies_and_is_idempotent() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn the_agents_example_config_needs_a_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}/../../examples/agents.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = waygate(dir.path()).args(["--config", &config, "config", "check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("routes[0]: target amqp://agents.pm needs AMQP_URL"), "{err}");
+    let out = waygate(dir.path())
+        .args(["--config", &config, "config", "check"])
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("amqp_url = \"amqp://guest:<redacted>@127.0.0.1:5672/%2f\""), "{text}");
+    for queue in ["agents.pm", "agents.dev", "agents.qa", "agents.ops"] {
+        assert!(text.contains(&format!("target = \"amqp://{queue}\"")), "{text}");
+    }
+}

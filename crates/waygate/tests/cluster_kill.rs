@@ -169,3 +169,60 @@ async fn a_killed_claimer_fails_its_call_once_after_the_lease() {
     assert_eq!(next.await.unwrap().status(), 200);
     drop(a);
 }
+
+/// `$disconnect` is owed for every connection of a killed instance; a live instance delivers
+/// them once the dead one's heartbeat lapses.
+#[tokio::test]
+async fn a_killed_instance_disconnects_are_delivered_by_a_survivor() {
+    let Some(pg) = waygate_testkit::PgSchema::create().await else { return };
+    let Some(redis) = waygate_testkit::RedisNs::create().await else { return };
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let rec = received.clone();
+    let hook = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let rec = rec.clone();
+        async move {
+            rec.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+            "{}"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/disconnect", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        format!("[[routes]]\naction = \"$disconnect\"\ntarget = \"{hook_url}\"\n"),
+    )
+    .unwrap();
+    let start = |name: &str| {
+        let vars = [
+            ("DATABASE_URL", pg.url.as_str()),
+            ("REDIS_URL", redis.url.as_str()),
+            ("WAYGATE_REDIS_PREFIX", redis.prefix.as_str()),
+            ("WAYGATE_INSTANCE_ID", name),
+            ("WAYGATE_CONFIG", "routes.toml"),
+        ];
+        Server::start(dir.path(), &vars)
+    };
+    let mut doomed = start("doomed");
+    let _survivor = start("survivor");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", doomed.http)).await.unwrap();
+    let welcome = next_json(&mut ws).await;
+    let id = welcome["connectionId"].as_str().unwrap().to_owned();
+    doomed.signal(libc::SIGKILL);
+    doomed.wait_exit(Duration::from_secs(5));
+
+    // Staleness (15 s) plus a maintenance round: well within a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = received.lock().unwrap().iter().find(|v| v["connectionId"] == id.as_str()).cloned();
+        if let Some(v) = found {
+            assert_eq!(v["action"], "$disconnect");
+            assert_eq!(v["body"]["code"], 1006);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the survivor never delivered the $disconnect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

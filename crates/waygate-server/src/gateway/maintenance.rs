@@ -77,6 +77,7 @@ async fn sweep(state: &AppState, now: i64) {
 /// Heartbeat, dead-instance reaping and gauges; also the liveness signal for the database.
 pub async fn slow_round(state: &AppState, now: i64) {
     state.realtime.sweep();
+    crate::realtime::routes::deliver_owed(state).await;
     state.realtime.heartbeat(SLOW_PERIOD).await;
     let draining = state.lifecycle.is_draining();
     let ok = state.store.heartbeat_instance(&state.instance_id, now, draining).await.is_ok();

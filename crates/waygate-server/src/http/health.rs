@@ -35,6 +35,12 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         }
         checks["redis"] = json!(if redis { "ok" } else { "unreachable" });
     }
+    if let Some(amqp) = state.routing.amqp_ready().await {
+        if !amqp {
+            reasons.push("amqp unreachable".to_owned());
+        }
+        checks["amqp"] = json!(if amqp { "ok" } else { "unreachable" });
+    }
     if reasons.is_empty() {
         return Json(json!({ "status": "ready", "checks": checks })).into_response();
     }

@@ -5,5 +5,6 @@ pub mod actions;
 pub mod auth;
 pub mod channels;
 pub mod push;
+pub mod routes;
 
 pub use channels::Realtime;

@@ -39,6 +39,8 @@ pub(crate) type Close = Option<(u16, Cow<'static, str>)>;
 pub(crate) enum Flow {
     Continue,
     Close(u16, Cow<'static, str>),
+    /// The peer is gone (EOF or a socket error): no close frame can be exchanged (1006).
+    Gone,
 }
 
 /// The fields every inbound text message is routed on; the rest stays unparsed.
@@ -63,6 +65,8 @@ pub(crate) struct Connection {
     pub device: Option<DeviceSession>,
     /// JWT claims, when the connection presented one (boxed: most connections have none).
     pub auth: Option<Box<crate::realtime::auth::ConnAuth>>,
+    /// Recorded for at-least-once `$disconnect`.
+    recorded: bool,
     _slot: Slot,
 }
 
@@ -72,10 +76,11 @@ impl Connection {
         ws: WsStream,
         kind: PathKind,
         slot: Slot,
+        id: u128,
         auth: Option<Box<crate::realtime::auth::ConnAuth>>,
     ) -> Connection {
         let user = auth.as_ref().and_then(|a| a.user_id.as_deref()).map(Box::from);
-        let shared = Arc::new(ConnShared::new(rand::random(), user));
+        let shared = Arc::new(ConnShared::new(id, user));
         let rps = state.live.messages_per_second.load(std::sync::atomic::Ordering::Relaxed);
         Connection {
             state,
@@ -87,6 +92,7 @@ impl Connection {
             active_since_tick: false,
             device: None,
             auth,
+            recorded: false,
             _slot: slot,
         }
     }
@@ -101,6 +107,16 @@ impl Connection {
         m.ws_active.increment(1.0);
         self.state.conns.insert(self.shared.clone());
         self.register_remote().await;
+        if self.kind == PathKind::Realtime && crate::realtime::routes::disconnect_routed(&self.state) {
+            let user = self.shared.user_id.as_deref();
+            let now = waygate_telemetry::now_millis();
+            match self.state.store.record_connection(&self.connection_id(), &self.state.instance_id, user, now).await {
+                Ok(()) => self.recorded = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection not recorded: its $disconnect may be lost if this instance dies")
+                }
+            }
+        }
         tracing::debug!(connection_id = %self.connection_id(), "connection opened");
 
         let close = self.serve().await;
@@ -118,6 +134,7 @@ impl Connection {
             self.state.realtime.unsubscribe(self.shared.id, &channel).await;
         }
         self.unregister_remote().await;
+        crate::realtime::routes::on_disconnect(&self.state, &self.shared, self.recorded, code).await;
         if let Some(device) = self.device.take() {
             device.disconnected(&self.state, &self.shared).await;
         }
@@ -165,10 +182,12 @@ impl Connection {
         let shared = self.shared.clone();
         // A client may send right behind its upgrade request; those bytes arrived with the
         // request, so no readiness event will announce them.
-        if self.ws.has_buffered_input()
-            && let Flow::Close(code, reason) = self.handle_buffered().await
-        {
-            return Some((code, reason));
+        if self.ws.has_buffered_input() {
+            match self.handle_buffered().await {
+                Flow::Continue => {}
+                Flow::Close(code, reason) => return Some((code, reason)),
+                Flow::Gone => return None,
+            }
         }
         loop {
             let pending = self.ws.has_pending_output();
@@ -181,6 +200,7 @@ impl Connection {
                     if let Some((code, reason)) = shared.kicked() {
                         if code == close::TRY_AGAIN_LATER {
                             state.metrics.slow_consumer.increment(1);
+                            self.ws.discard_pending_output();
                         }
                         return Some((code, Cow::Borrowed(reason)));
                     }
@@ -189,8 +209,10 @@ impl Connection {
                     if r.is_err() {
                         return None;
                     }
-                    if let Flow::Close(code, reason) = self.read_available().await {
-                        return Some((code, reason));
+                    match self.read_available().await {
+                        Flow::Continue => {}
+                        Flow::Close(code, reason) => return Some((code, reason)),
+                        Flow::Gone => return None,
                     }
                 }
                 r = self.ws.writable(), if pending => {
@@ -234,11 +256,10 @@ impl Connection {
     async fn handle_buffered(&mut self) -> Flow {
         loop {
             match self.ws.next_message() {
-                Ok(Some(msg)) => {
-                    if let Flow::Close(code, reason) = self.on_message(msg).await {
-                        return Flow::Close(code, reason);
-                    }
-                }
+                Ok(Some(msg)) => match self.on_message(msg).await {
+                    Flow::Continue => {}
+                    end => return end,
+                },
                 Ok(None) => return Flow::Continue,
                 Err(e) => return Self::on_error(e),
             }
@@ -248,7 +269,7 @@ impl Connection {
     fn on_error(e: WsError) -> Flow {
         match e.close_code() {
             Some(code) => Flow::Close(code, Cow::Owned(e.to_string())),
-            None => Flow::Close(close::NORMAL, Cow::Borrowed("")),
+            None => Flow::Gone,
         }
     }
 
@@ -320,13 +341,9 @@ impl Connection {
             (PathKind::Realtime, Some("unsubscribe")) => crate::realtime::actions::unsubscribe(self, &text, id).await,
             (PathKind::Realtime, Some("publish")) => crate::realtime::actions::publish(self, &text, id).await,
             (PathKind::Realtime, Some("presence")) => crate::realtime::actions::presence(self, &text, id).await,
-            (_, Some(action)) => {
-                let msg = match self.kind {
-                    PathKind::DeviceOnly => {
-                        format!("unknown action {action:?}: this path accepts device messages only")
-                    }
-                    PathKind::Realtime => format!("unknown action {action:?}"),
-                };
+            (PathKind::Realtime, Some(action)) => crate::realtime::routes::route_action(self, action, &text, id).await,
+            (PathKind::DeviceOnly, Some(action)) => {
+                let msg = format!("unknown action {action:?}: this path accepts device messages only");
                 self.send_error(id, ErrorCode::UnknownAction, &msg);
                 Flow::Continue
             }
@@ -382,6 +399,13 @@ impl Connection {
         let env = ErrorEnvelope::new(code, message, ids.correlation_id, ids.trace_id).into_frame(id);
         let _ = self.send_json(&env);
     }
+}
+
+/// An error frame for a connection that is not the caller's own (sent through its outbox).
+pub fn error_frame(id: Option<serde_json::Value>, code: ErrorCode, message: &str) -> Bytes {
+    let ids = crate::http::ids::RequestIds::generate();
+    tracing::info!(correlation_id = %ids.correlation_id, code = code.as_str(), message, "error frame queued");
+    frame_json(&ErrorEnvelope::new(code, message, ids.correlation_id, ids.trace_id).into_frame(id))
 }
 
 /// A complete text frame holding `value` as JSON, ready to share between connections.

@@ -26,12 +26,12 @@ use crate::state::AppState;
 
 /// `/ws`, `/ws/*`, `/websocket`, `/websocket/*`: realtime actions, and device messages on `/ws*`.
 pub async fn realtime(State(state): State<AppState>, req: Request) -> Response {
-    upgrade(state, req, PathKind::Realtime).unwrap_or_else(IntoResponse::into_response)
+    upgrade(state, req, PathKind::Realtime).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `/api/gateway/ws`, `/api/gateway/ws/*`: device messages only.
 pub async fn device(State(state): State<AppState>, req: Request) -> Response {
-    upgrade(state, req, PathKind::DeviceOnly).unwrap_or_else(IntoResponse::into_response)
+    upgrade(state, req, PathKind::DeviceOnly).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Holds one connection slot (total and per-IP) until dropped.
@@ -136,15 +136,32 @@ where
     Ok(res.body(Body::empty()).expect("static response parts are valid"))
 }
 
-fn upgrade(state: AppState, req: Request, kind: PathKind) -> ApiResult<Response> {
+async fn upgrade(state: AppState, req: Request, kind: PathKind) -> ApiResult<Response> {
     let (auth, protocol) = match kind {
         PathKind::Realtime => connect_auth(&state, &req)?,
         // Devices authenticate with their session token in `register`.
         PathKind::DeviceOnly => (None, None),
     };
     let (slot, accept) = precheck(&state, &req, "gateway draining")?;
+    let id: u128 = rand::random();
+    if kind == PathKind::Realtime {
+        // Built in its own scope: nothing borrowing the request may live across the await.
+        let info = {
+            let client = ClientInfo::of(&state, &req);
+            let header =
+                |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            serde_json::json!({
+                "path": req.uri().path(),
+                "sourceIp": client.ip.to_string(),
+                "origin": header(header::ORIGIN),
+                "userAgent": header(header::USER_AGENT),
+            })
+        };
+        let user = auth.as_ref().and_then(|a| a.user_id.as_deref());
+        crate::realtime::routes::on_connect(&state, &format!("{id:032x}"), user, info).await?;
+    }
     let s = state.clone();
-    switch(&state, req, accept, protocol, move |ws| conn::Connection::new(s, ws, kind, slot, auth).run())
+    switch(&state, req, accept, protocol, move |ws| conn::Connection::new(s, ws, kind, slot, id, auth).run())
 }
 
 /// JWT connect auth for realtime paths: from `Authorization: Bearer` or the

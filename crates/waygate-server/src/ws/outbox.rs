@@ -17,6 +17,8 @@ pub struct ConnShared {
     pub connected_at: i64,
     /// Channels this connection is subscribed to (for cleanup and the push API's info).
     channels: Mutex<Vec<Box<str>>>,
+    /// Routed messages waiting for their target.
+    pub routed_in_flight: AtomicUsize,
     queue: Mutex<Queue>,
     /// Queue length, readable without the lock.
     len: AtomicUsize,
@@ -46,6 +48,7 @@ impl ConnShared {
             user_id,
             connected_at: waygate_telemetry::now_millis(),
             channels: Mutex::new(Vec::new()),
+            routed_in_flight: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
             len: AtomicUsize::new(0),
             notify: Notify::new(),

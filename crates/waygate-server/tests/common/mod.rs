@@ -285,3 +285,54 @@ pub async fn refused_upgrade_with(req: tokio_tungstenite::tungstenite::handshake
         Err(e) => panic!("unexpected error {e}"),
     }
 }
+
+/// A real HTTP webhook on loopback: records every JSON body it receives and answers with
+/// `respond(body)` → `(status, json)`.
+pub struct Webhook {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    pub async fn start<F>(respond: F) -> Webhook
+    where
+        F: Fn(&Value) -> (u16, Value) + Send + Sync + 'static,
+    {
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (rec, respond) = (received.clone(), std::sync::Arc::new(respond));
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let (rec, respond) = (rec.clone(), respond.clone());
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (status, reply) = respond(&v);
+                rec.lock().unwrap().push(v);
+                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(reply))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Webhook { url, received }
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Writes a config file with `[[routes]]` and starts an app that reads it.
+pub async fn spawn_app_with_routes(routes: &[(&str, &str)], pairs: &[(&str, &str)]) -> (TestApp, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    write_routes(&file, routes);
+    let app = spawn_app_layers(dir, pairs, Some(file.clone())).await;
+    (app, file)
+}
+
+pub fn write_routes(file: &std::path::Path, routes: &[(&str, &str)]) {
+    let mut text = String::new();
+    for (action, target) in routes {
+        text.push_str(&format!("[[routes]]\naction = {action:?}\ntarget = {target:?}\ntimeout_ms = 3000\n\n"));
+    }
+    std::fs::write(file, text).unwrap();
+}

@@ -175,3 +175,28 @@ async fn idle_connection_holds_no_buffers() {
     ws.release_idle_buffers();
     assert_eq!(ws.rbuf.capacity(), 0);
 }
+
+#[tokio::test]
+async fn discarding_output_keeps_a_half_written_frame_whole() {
+    let (mut ws, mut c) = pair(100).await;
+    for _ in 0..4000 {
+        ws.queue(crate::frame::frame(OpCode::Binary, &[7u8; 1500]));
+    }
+    assert!(!ws.flush().unwrap());
+    let dropped = ws.discard_pending_output();
+    assert!(dropped > 0 && dropped < 4000);
+    ws.queue_close(1013, "slow_consumer");
+    let reader = tokio::spawn(async move {
+        loop {
+            let (op, p) = read_server_frame(&mut c).await;
+            if op == 8 {
+                return u16::from_be_bytes([p[0], p[1]]);
+            }
+            assert_eq!(p.len(), 1500, "every data frame arrives whole");
+        }
+    });
+    while !ws.flush().unwrap() {
+        ws.writable().await.unwrap();
+    }
+    assert_eq!(reader.await.unwrap(), 1013);
+}
