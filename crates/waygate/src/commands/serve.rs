@@ -25,6 +25,9 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> Result<(), Failure> 
         &config.instance_id,
     )
     .context("cannot start logging")?;
+    // Handlers go in before the ready file promises anything: a signal that arrives right
+    // after it must drain, not kill the process with the default action.
+    let shutdown = shutdown_signal().context("cannot install signal handlers")?;
     let mode = if config.is_postgres() { "cluster" } else { "embedded" };
     let app = App::build(config, log).await.context("cannot start the gateway")?;
     let http = app.http_addr();
@@ -33,7 +36,7 @@ pub async fn run(file: Option<PathBuf>, args: ServeArgs) -> Result<(), Failure> 
     if let Some(path) = &args.ready_file {
         write_ready_file(path, http, ws).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    app.run_until(shutdown_signal()).await;
+    app.run_until(shutdown).await;
     Ok(())
 }
 
@@ -49,20 +52,15 @@ fn write_ready_file(path: &Path, http: std::net::SocketAddr, ws: Option<std::net
     std::fs::rename(&tmp, path)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves on the first SIGTERM or SIGINT; the handlers are installed when this returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+            _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
-        _ = term => tracing::info!(signal = "SIGTERM", "shutdown requested"),
-    }
+    })
 }
