@@ -68,6 +68,13 @@ pub static KEYS: &[Key] = &[
         "tool-call queue poll fallback in ms (minimum 100); wake-ups are event-driven",
     ),
     key(
+        "GATEWAY_DISPATCH_NOTIFY",
+        Some("true"),
+        Bool,
+        false,
+        "event-driven wake-ups (LISTEN/NOTIFY across instances); `false` polls only, as the seed's design did (for comparison)",
+    ),
+    key(
         "GATEWAY_DISPATCH_LEASE_MS",
         Some("15000"),
         Int,

@@ -144,6 +144,8 @@ pub struct Config {
     pub gateway_ws_path: String,
     pub dispatch_poll: Duration,
     pub dispatch_lease: Duration,
+    /// `false`: poll only (the seed's design), for benchmarks.
+    pub dispatch_notify: bool,
     pub agent_control_plane_token: Option<Secret>,
     pub agent_token: Option<Secret>,
     pub drain_timeout: Duration,
@@ -625,6 +627,7 @@ impl Reader<'_> {
             gateway_ws_path,
             dispatch_poll,
             dispatch_lease,
+            dispatch_notify: self.bool("GATEWAY_DISPATCH_NOTIFY"),
             agent_control_plane_token: self.secret("AGENT_CONTROL_PLANE_TOKEN"),
             agent_token: self.secret("WAYGATE_AGENT_TOKEN"),
             drain_timeout: self.seconds("TERMINAL_GATEWAY_DRAIN_TIMEOUT_SECONDS", 0),

@@ -107,8 +107,10 @@ impl App {
         lc.background.spawn(crate::gateway::dispatch::pump_events(state.clone()));
         lc.background.spawn(crate::gateway::maintenance::run(state.clone()));
         lc.background.spawn(crate::cluster::run(state.clone()));
-        let (store, instance, stop) = (state.store.clone(), state.instance_id.clone(), lc.stop.clone());
-        lc.background.spawn(async move { store.run_events(&instance, stop).await });
+        if state.config.dispatch_notify {
+            let (store, instance, stop) = (state.store.clone(), state.instance_id.clone(), lc.stop.clone());
+            lc.background.spawn(async move { store.run_events(&instance, stop).await });
+        }
         lc.background.spawn(crate::listener::accept_loop(
             self.main,
             crate::http::main_router(state.clone()),

@@ -319,3 +319,23 @@ async fn channels_presence_and_push_work_across_instances() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn readiness_turns_503_when_the_database_is_lost_and_recovers_by_itself() {
+    let Some(c) = Cluster::new().await else { return };
+    let proxy = CutProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let url = c.pg.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let a = c.instance("a", &[("DATABASE_URL", url.as_str())]).await;
+    let status = |app: &TestApp| {
+        let (client, url) = (app.client.clone(), app.url("/readyz"));
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(&a).await, 200);
+    proxy.cut();
+    eventually("readiness fails without the database", || async { status(&a).await == 503 }).await;
+    let body: Value = a.client.get(a.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["error"]["details"]["checks"]["database"], "unreachable");
+    proxy.restore();
+    eventually("readiness recovers", || async { status(&a).await == 200 }).await;
+    a.stop().await;
+}

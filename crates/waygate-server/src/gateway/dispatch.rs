@@ -93,6 +93,9 @@ pub async fn run(state: AppState) {
 /// Routes queue events: new calls wake the dispatcher when a local device can take them,
 /// finished calls wake the request waiting on them.
 pub async fn pump_events(state: AppState) {
+    if !state.config.dispatch_notify {
+        return; // polling only: the seed's design, kept for comparison
+    }
     let mut rx = state.store.subscribe();
     loop {
         let ev = tokio::select! {
