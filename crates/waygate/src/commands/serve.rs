@@ -49,7 +49,7 @@ fn write_ready_file(path: &Path, http: std::net::SocketAddr, ws: Option<std::net
     std::fs::rename(&tmp, path)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
