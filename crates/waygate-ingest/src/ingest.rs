@@ -340,7 +340,6 @@ impl Ingest {
             status: self.status.clone(),
             resume: resume.clone(),
             rx,
-            tx_probe: tx.clone(),
             stop: stop.clone(),
             inflight: VecDeque::new(),
         };
@@ -508,8 +507,6 @@ struct Publisher {
     status: Arc<Status>,
     resume: Arc<Mutex<ResumeBook>>,
     rx: mpsc::Receiver<Event>,
-    /// Kept only to read the buffer depth.
-    tx_probe: mpsc::Sender<Event>,
     stop: CancellationToken,
     /// Unconfirmed, in publish order: what is republished after a broker failure.
     inflight: VecDeque<Pending>,
@@ -702,7 +699,7 @@ impl Publisher {
                     }
                 }
                 _ = tick.tick() => {
-                    let depth = self.cfg.buffer - self.tx_probe.capacity();
+                    let depth = self.rx.len();
                     self.metrics.buffer_depth.set(depth as f64);
                     if !conn.status().connected() {
                         return Leave::Failed("connection closed".to_owned());
