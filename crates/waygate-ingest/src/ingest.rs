@@ -849,6 +849,11 @@ impl ShardReader {
             if self.stop.is_cancelled() {
                 return Ok(());
             }
+            // Wait for the identify slot before connecting: once connected, the gateway
+            // expects heartbeats and an identify promptly.
+            if s.session.is_none() && !self.limiter.acquire(self.id, &self.stop).await {
+                return Ok(());
+            }
             let base = s.session.as_ref().map(|x| x.resume_url.clone()).unwrap_or_else(|| self.gateway_ws.clone());
             let url = discord::connect_url(&base, self.cfg.compress);
             let outcome = match self.connect(&url).await {
@@ -970,10 +975,6 @@ impl ShardReader {
                 self.metrics.connects_resume.increment(1);
             }
             _ => {
-                if !self.limiter.acquire(self.id, &self.stop).await {
-                    self.close(&mut ws, 1000, "shutting down").await;
-                    return Outcome::Stop;
-                }
                 let identify = json!({"op": op::IDENTIFY, "d": {
                     "token": token,
                     "intents": self.cfg.intents,
@@ -1076,7 +1077,9 @@ impl ShardReader {
                                 body: bytes.clone(),
                                 received_at: waygate_telemetry::now_millis(),
                             };
-                            match self.tx.try_send(ev) {
+                            let sent = self.tx.try_send(ev);
+                            self.metrics.buffer_depth.set((self.cfg.buffer - self.tx.capacity()) as f64);
+                            match sent {
                                 Ok(()) => {}
                                 Err(mpsc::error::TrySendError::Full(ev)) => {
                                     self.metrics.backpressured.increment(1);

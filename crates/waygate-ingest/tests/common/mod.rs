@@ -30,6 +30,9 @@ pub fn amqp_url_text() -> String {
 /// The broker URL, or `None` (after a loud SKIP line) when nothing listens there.
 /// Under `CI=true` an unreachable broker fails the test instead.
 pub async fn amqp_url() -> Option<Secret> {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = waygate_telemetry::init_logging(&filter, false, "test");
+    }
     let url = amqp_url_text();
     let reachable = match Connection::connect(&url, ConnectionProperties::default()).await {
         Ok(c) => {

@@ -44,8 +44,14 @@ fn amqp_config(
 }
 
 fn start_logging(config: &Config) -> Result<(), Failure> {
+    // lapin logs every unroutable (returned) message with its body at warn: ingest counts them
+    // in waygate_ingest_events_unroutable_total instead.
+    let mut filter = config.reloadable.log.clone();
+    if !filter.contains("lapin") {
+        filter.push_str(",lapin::returned_messages=error");
+    }
     waygate_telemetry::init_logging(
-        &config.reloadable.log,
+        &filter,
         config.log_format == waygate_config::LogFormat::Json,
         &config.instance_id,
     )
