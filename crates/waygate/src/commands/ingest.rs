@@ -50,12 +50,8 @@ fn start_logging(config: &Config) -> Result<(), Failure> {
     if !filter.contains("lapin") {
         filter.push_str(",lapin::returned_messages=error");
     }
-    waygate_telemetry::init_logging(
-        &filter,
-        config.log_format == waygate_config::LogFormat::Json,
-        &config.instance_id,
-    )
-    .context("cannot start logging")?;
+    waygate_telemetry::init_logging(&filter, config.log_format == waygate_config::LogFormat::Json, &config.instance_id)
+        .context("cannot start logging")?;
     Ok(())
 }
 
