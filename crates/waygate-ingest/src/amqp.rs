@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use waygate_config::Secret;
 
 use crate::error::{Error, Result};
@@ -203,6 +203,40 @@ pub fn value_to_json(v: &AMQPValue) -> serde_json::Value {
 
 pub fn table_to_json(t: &FieldTable) -> serde_json::Value {
     serde_json::Value::Object(t.inner().iter().map(|(k, v)| (k.as_str().to_owned(), value_to_json(v))).collect())
+}
+
+/// A persistent copy of `props` with new headers, for moving a message to another queue.
+/// The per-message `expiration` is dropped on purpose: the copy must not expire on arrival.
+pub fn copy_properties(props: &BasicProperties, headers: BTreeMap<ShortString, AMQPValue>) -> BasicProperties {
+    let mut out = BasicProperties::default().with_delivery_mode(2).with_headers(FieldTable::from(headers));
+    if let Some(v) = props.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = props.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = props.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = props.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = props.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    out
+}
+
+/// Publishes to `queue` through the default exchange on a confirm-mode channel and waits for
+/// the broker's confirm; a missing queue (returned message) or a nack is an error.
+pub async fn publish_confirmed(channel: &Channel, queue: &str, props: BasicProperties, body: &[u8]) -> Result<()> {
+    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let confirm = timed(channel.basic_publish("".into(), queue.into(), opts, body, props)).await?;
+    match timed(confirm).await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(Error::invalid("queue", format!("{queue} does not exist"))),
+        _ => Err(Error::invalid("publish", format!("the broker refused the message for {queue}"))),
+    }
 }
 
 /// Why a message was dead-lettered, in the broker's own vocabulary.

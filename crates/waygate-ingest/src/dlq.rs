@@ -8,11 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use serde::Serialize;
 use serde_json::{Value, json};
 use waygate_config::Secret;
@@ -246,25 +244,5 @@ async fn replay_one(channel: &Channel, queue: &str, props: &BasicProperties, bod
     if let Some(e) = headers.remove(header::EXPIRES_AT) {
         headers.insert(header::ORIGINAL_EXPIRES_AT.into(), e);
     }
-    let mut out = props.clone().with_headers(FieldTable::from(headers)).with_delivery_mode(2);
-    // A per-message TTL would expire the replay again on arrival.
-    if props.expiration().is_some() {
-        out = BasicProperties::default().with_headers(out.headers().clone().unwrap_or_default()).with_delivery_mode(2);
-        if let Some(v) = props.content_type() {
-            out = out.with_content_type(v.clone());
-        }
-        if let Some(v) = props.message_id() {
-            out = out.with_message_id(v.clone());
-        }
-        if let Some(v) = props.kind() {
-            out = out.with_type(v.clone());
-        }
-    }
-    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-    let confirm = amqp::timed(channel.basic_publish("".into(), queue.into(), opts, body, out)).await?;
-    match amqp::timed(confirm).await? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(Error::invalid("replay", format!("queue {queue} does not exist"))),
-        _ => Err(Error::invalid("replay", format!("the broker refused the copy for {queue}"))),
-    }
+    amqp::publish_confirmed(channel, queue, amqp::copy_properties(props, headers), body).await
 }

@@ -614,23 +614,31 @@ impl Publisher {
         channel.basic_publish(exchange.into(), key.into(), opts, &ev.body, props)
     }
 
+    /// Publishes one event and tracks it until its confirm; on failure it stays tracked, so
+    /// the next connection republishes it.
+    async fn send(
+        &mut self,
+        channel: &Channel,
+        confirms: &mut FuturesOrdered<PublisherConfirm>,
+        ev: Event,
+    ) -> Result<(), String> {
+        let published = self.publish_event(channel, &ev).await;
+        self.inflight.push_back(Pending::Event(ev));
+        let confirm = published.map_err(|e| e.to_string())?;
+        self.metrics.published.increment(1);
+        confirms.push_back(confirm);
+        Ok(())
+    }
+
     async fn publish_on(&mut self, conn: &Connection, channel: &Channel) -> Leave {
         let mut confirms: FuturesOrdered<PublisherConfirm> = FuturesOrdered::new();
         // Republish what the previous connection never confirmed, in the original order.
         let previous: Vec<Pending> = self.inflight.drain(..).collect();
         for p in previous {
-            if let Pending::Event(ev) = p {
-                match self.publish_event(channel, &ev).await {
-                    Ok(c) => {
-                        self.metrics.published.increment(1);
-                        confirms.push_back(c);
-                        self.inflight.push_back(Pending::Event(ev));
-                    }
-                    Err(e) => {
-                        self.inflight.push_back(Pending::Event(ev));
-                        return Leave::Failed(e.to_string());
-                    }
-                }
+            if let Pending::Event(ev) = p
+                && let Err(e) = self.send(channel, &mut confirms, ev).await
+            {
+                return Leave::Failed(e);
             }
         }
         let mut tick = tokio::time::interval(SAVE_EVERY);
@@ -686,16 +694,8 @@ impl Publisher {
                         buffer_open = false;
                         continue;
                     };
-                    match self.publish_event(channel, &ev).await {
-                        Ok(c) => {
-                            self.metrics.published.increment(1);
-                            confirms.push_back(c);
-                            self.inflight.push_back(Pending::Event(ev));
-                        }
-                        Err(e) => {
-                            self.inflight.push_back(Pending::Event(ev));
-                            return Leave::Failed(e.to_string());
-                        }
+                    if let Err(e) = self.send(channel, &mut confirms, ev).await {
+                        return Leave::Failed(e);
                     }
                 }
                 _ = tick.tick() => {

@@ -725,17 +725,23 @@ impl Conn {
         Ok(())
     }
 
+    /// Identify and resume carry the token: an empty or wrong one closes with 4004.
+    async fn check_token(&mut self, d: &Value) -> Result<(), End> {
+        let token = d.get("token").and_then(Value::as_str).unwrap_or("");
+        if token.is_empty() || self.shared.cfg.token.as_deref().is_some_and(|t| t != token) {
+            self.close(close::AUTHENTICATION_FAILED, "Authentication failed.").await;
+            return Err(End::Closed);
+        }
+        Ok(())
+    }
+
     async fn identify(&mut self, d: Value) -> Result<(), End> {
         let shared = self.shared.clone();
         if self.session.is_some() {
             self.close(close::ALREADY_AUTHENTICATED, "Already authenticated.").await;
             return Err(End::Closed);
         }
-        let token = d.get("token").and_then(Value::as_str).unwrap_or("");
-        if token.is_empty() || shared.cfg.token.as_deref().is_some_and(|t| t != token) {
-            self.close(close::AUTHENTICATION_FAILED, "Authentication failed.").await;
-            return Err(End::Closed);
-        }
+        self.check_token(&d).await?;
         if d.get("intents").and_then(Value::as_u64).is_none() {
             self.close(close::INVALID_INTENTS, "Invalid intent(s).").await;
             return Err(End::Closed);
@@ -825,11 +831,7 @@ impl Conn {
             self.close(close::ALREADY_AUTHENTICATED, "Already authenticated.").await;
             return Err(End::Closed);
         }
-        let token = d.get("token").and_then(Value::as_str).unwrap_or("");
-        if token.is_empty() || shared.cfg.token.as_deref().is_some_and(|t| t != token) {
-            self.close(close::AUTHENTICATION_FAILED, "Authentication failed.").await;
-            return Err(End::Closed);
-        }
+        self.check_token(&d).await?;
         let id = d.get("session_id").and_then(Value::as_str).unwrap_or("");
         let seq = d.get("seq").and_then(Value::as_u64).unwrap_or(0);
         let session = shared.sessions.lock().unwrap().get(id).cloned();

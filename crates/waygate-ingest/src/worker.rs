@@ -21,11 +21,11 @@ use futures_util::StreamExt;
 use http_body_util::Full;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 use metrics::{Counter, Gauge, Histogram};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -502,29 +502,7 @@ impl Ctx {
         headers: BTreeMap<ShortString, AMQPValue>,
         body: &[u8],
     ) -> Result<()> {
-        let mut out = BasicProperties::default().with_delivery_mode(2).with_headers(FieldTable::from(headers));
-        if let Some(v) = props.content_type() {
-            out = out.with_content_type(v.clone());
-        }
-        if let Some(v) = props.message_id() {
-            out = out.with_message_id(v.clone());
-        }
-        if let Some(v) = props.kind() {
-            out = out.with_type(v.clone());
-        }
-        if let Some(v) = props.timestamp() {
-            out = out.with_timestamp(*v);
-        }
-        if let Some(v) = props.app_id() {
-            out = out.with_app_id(v.clone());
-        }
-        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirm = amqp::timed(self.publish.basic_publish("".into(), queue.into(), opts, body, out)).await?;
-        match amqp::timed(confirm).await? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(Error::invalid("queue", format!("{queue} does not exist"))),
-            _ => Err(Error::invalid("publish", format!("the broker refused the message for {queue}"))),
-        }
+        amqp::publish_confirmed(&self.publish, queue, amqp::copy_properties(props, headers), body).await
     }
 }
 
