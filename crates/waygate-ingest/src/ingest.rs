@@ -351,6 +351,8 @@ impl Ingest {
             s = state_rx => s.ok().flatten(),
             _ = &mut shutdown => {
                 tracing::info!("shutdown before the broker answered");
+                // Nothing was read from Discord yet: nothing to drain.
+                stop.cancel();
                 None
             }
         };
