@@ -110,6 +110,15 @@ pub static KEYS: &[Key] = &[
         false,
         "prefix of queue and exchange names (`{ns}.interactions`, …)",
     ),
+    key("DISCORD_TOKEN", None, Secret, false, "bot token `waygate ingest --upstream discord` identifies with"),
+    key(
+        "DISCORD_GATEWAY_URL",
+        Some("https://discord.com"),
+        Url,
+        false,
+        "Discord API base asked for `/api/v10/gateway/bot` (a `ws(s)://` URL is used as the gateway directly); \
+         point it at `waygate sim discord` for tests",
+    ),
     key(
         "WAYGATE_CLUSTER",
         Some("false"),

@@ -157,6 +157,8 @@ pub struct Config {
     pub redis_prefix: String,
     pub amqp_url: Option<Secret>,
     pub amqp_namespace: String,
+    pub discord_token: Option<Secret>,
+    pub discord_gateway_url: String,
     pub cluster: bool,
     pub jwt_secret: Option<Secret>,
     pub api_key: Option<Secret>,
@@ -577,6 +579,10 @@ impl Reader<'_> {
         {
             self.fail("WAYGATE_AMQP_NAMESPACE", "must be letters, digits, '-', '_' or '.'");
         }
+        let discord_gateway_url = self
+            .url("DISCORD_GATEWAY_URL", &["http", "https", "ws", "wss"])
+            .map(|u| u.expose().to_owned())
+            .unwrap_or_default();
         let jwt_public_key_file = self.opt("WAYGATE_JWT_PUBLIC_KEY_FILE").map(PathBuf::from);
         if let Some(p) = &jwt_public_key_file
             && !p.is_file()
@@ -639,6 +645,8 @@ impl Reader<'_> {
             redis_prefix,
             amqp_url,
             amqp_namespace,
+            discord_token: self.secret("DISCORD_TOKEN"),
+            discord_gateway_url,
             cluster: self.bool("WAYGATE_CLUSTER"),
             jwt_secret: self.secret("WAYGATE_JWT_SECRET"),
             api_key: self.secret("WAYGATE_API_KEY"),

@@ -1,4 +1,5 @@
 mod config;
+mod ingest;
 mod serve;
 mod user;
 
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use waygate_config::{Config, ConfigError, EXIT_CONFIG, Layers};
 
-use crate::cli::{Cli, Command, ConfigCommand, DbArgs, UserCommand};
+use crate::cli::{Cli, Command, ConfigCommand, DbArgs, SimCommand, UserCommand};
 
 /// A failure the CLI reports: configuration problems exit 64, anything else 1.
 pub enum Failure {
@@ -33,6 +34,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::User(UserCommand::Add { email, db }) => {
             runtime().and_then(|rt| rt.block_on(user::add(cli.config, db, email)))
         }
+        Command::Ingest(args) => runtime().and_then(|rt| rt.block_on(ingest::ingest(cli.config, args))),
+        Command::Worker(args) => runtime().and_then(|rt| rt.block_on(ingest::worker(cli.config, args))),
+        Command::Dlq(args) => runtime().and_then(|rt| rt.block_on(ingest::dlq(cli.config, args))),
+        Command::Sim(SimCommand::Discord(args)) => runtime().and_then(|rt| rt.block_on(ingest::sim_discord(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

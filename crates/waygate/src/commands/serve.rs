@@ -53,7 +53,7 @@ fn write_ready_file(path: &Path, http: std::net::SocketAddr, ws: Option<std::net
 }
 
 /// Resolves on the first SIGTERM or SIGINT; the handlers are installed when this returns.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+pub(crate) fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
