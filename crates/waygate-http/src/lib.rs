@@ -51,24 +51,27 @@ pub fn http_client(tls: Arc<rustls::ClientConfig>, max_idle_per_host: usize) -> 
     Client::builder(TokioExecutor::new()).pool_max_idle_per_host(max_idle_per_host).build(connector)
 }
 
-/// Sends `req`, waits at most `timeout` for the whole answer and reads at most `limit` bytes.
+/// Sends `req` and reads at most `limit` bytes of the answer. Callers bound the time.
 pub async fn send(
+    client: &HttpClient,
+    req: http::Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<(http::StatusCode, Bytes), HttpError> {
+    let res = client.request(req).await.map_err(|e| HttpError::Request(describe(&e)))?;
+    let status = res.status();
+    let body =
+        Limited::new(res.into_body(), limit).collect().await.map_err(|e| HttpError::Request(e.to_string()))?.to_bytes();
+    Ok((status, body))
+}
+
+/// [`send`] bounded by `timeout`.
+pub async fn send_within(
     client: &HttpClient,
     req: http::Request<Full<Bytes>>,
     limit: usize,
     timeout: Duration,
 ) -> Result<(http::StatusCode, Bytes), HttpError> {
-    let exchange = async {
-        let res = client.request(req).await.map_err(|e| HttpError::Request(describe(&e)))?;
-        let status = res.status();
-        let body = Limited::new(res.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| HttpError::Request(e.to_string()))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| HttpError::Timeout(timeout))?
+    tokio::time::timeout(timeout, send(client, req, limit)).await.map_err(|_| HttpError::Timeout(timeout))?
 }
 
 /// A JSON POST request.

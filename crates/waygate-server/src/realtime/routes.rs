@@ -88,7 +88,7 @@ impl Routing {
             return Ok(None);
         }
         let req = waygate_http::post_json(&route.target, envelope).map_err(|e| RouteError::Http(e.to_string()))?;
-        let (status, body) = waygate_http::send(&self.http, req, MAX_REPLY, timeout)
+        let (status, body) = waygate_http::send_within(&self.http, req, MAX_REPLY, timeout)
             .await
             .map_err(|e| RouteError::Http(e.to_string()))?;
         if !status.is_success() {
