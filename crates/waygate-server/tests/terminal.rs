@@ -381,3 +381,51 @@ async fn notifications_stream_terminal_session_events() {
     agent.stop().await;
     app.stop().await;
 }
+
+/// Cluster mode: tokens live in Redis, so a token used on instance A is refused on B; an agent
+/// held by A is reported by B as `agent_unavailable` naming A (cross-instance relay is not
+/// supported). Skipped loudly without PostgreSQL/Redis (fails under CI=true).
+#[tokio::test]
+async fn cluster_replay_on_another_instance_is_refused() {
+    let Some(pg) = waygate_testkit::PgSchema::create().await else { return };
+    let Some(redis) = waygate_testkit::RedisNs::create().await else { return };
+    let instance = |name: &'static str| {
+        let pairs = vec![
+            ("DATABASE_URL", pg.url.clone()),
+            ("REDIS_URL", redis.url.clone()),
+            ("WAYGATE_REDIS_PREFIX", redis.prefix.clone()),
+            ("WAYGATE_CLUSTER", "true".to_owned()),
+            ("WAYGATE_INSTANCE_ID", name.to_owned()),
+            ("WAYGATE_AGENT_TOKEN", AGENT_TOKEN.to_owned()),
+        ];
+        async move {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            spawn_app_layers(tempfile::tempdir().unwrap(), &pairs, None).await
+        }
+    };
+    let a = instance("term-a").await;
+    let b = instance("term-b").await;
+    let agent = Agent::start(&a, "node-c");
+    let user = a.user("ada@example.com").await;
+    let alloc = allocation(&a, &user, "node-c", Some("cat")).await;
+    node_online(&b, &user, &alloc).await;
+
+    let token = mint(&b, &user, &alloc).await;
+    let ws = open(&a, &alloc, &token).await;
+    let (status, body) = refused_upgrade_with(terminal_request(&b, &alloc, &token, "")).await;
+    assert_eq!(status, 401);
+    assert_envelope(&body, "token_replayed");
+    assert_eq!(metric(&b.metrics().await, "terminal_token_replay_rejected_total"), 1.0);
+
+    let fresh = mint(&a, &user, &alloc).await;
+    let (status, body) = refused_upgrade_with(terminal_request(&b, &alloc, &fresh, "")).await;
+    assert_eq!(status, 503);
+    assert_envelope(&body, "agent_unavailable");
+    assert_eq!(body["error"]["details"]["instanceId"], "term-a");
+    // ...and that refusal did not use the token up: A accepts it.
+    drop(open(&a, &alloc, &fresh).await);
+    drop(ws);
+    agent.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
