@@ -390,7 +390,7 @@ async fn cluster_replay_on_another_instance_is_refused() {
     let Some(pg) = waygate_testkit::PgSchema::create().await else { return };
     let Some(redis) = waygate_testkit::RedisNs::create().await else { return };
     let instance = |name: &'static str| {
-        let pairs = vec![
+        let pairs = [
             ("DATABASE_URL", pg.url.clone()),
             ("REDIS_URL", redis.url.clone()),
             ("WAYGATE_REDIS_PREFIX", redis.prefix.clone()),
