@@ -1,3 +1,4 @@
+mod bench;
 mod config;
 mod ingest;
 mod serve;
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Worker(args) => runtime().and_then(|rt| rt.block_on(ingest::worker(cli.config, args))),
         Command::Dlq(args) => runtime().and_then(|rt| rt.block_on(ingest::dlq(cli.config, args))),
         Command::Sim(SimCommand::Discord(args)) => runtime().and_then(|rt| rt.block_on(ingest::sim_discord(args))),
+        Command::Bench(cmd) => runtime().and_then(|rt| rt.block_on(bench::run(cmd))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
