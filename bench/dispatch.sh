@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
 done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 [ "$build" = 1 ] && cargo build --release -p waygate
-bin="$CARGO_TARGET_DIR/release/waygate"
+bin="${WAYGATE_BIN:-$CARGO_TARGET_DIR/release/waygate}"
 pg="${DISPATCH_PG:-postgres://postgres@127.0.0.1:5432/postgres}"
 redis="${REDIS_URL:-redis://127.0.0.1:6379}"
 tag="bench_dispatch_$(date -u +%Y%m%d%H%M%S)_$$"

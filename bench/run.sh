@@ -34,7 +34,7 @@ if [ "$build" = 1 ]; then
   cargo build --release -p waygate
   (cd bench/peers/rust && CARGO_TARGET_DIR="$peers_target" cargo build --release)
 fi
-bin="$CARGO_TARGET_DIR/release/waygate"
+bin="${WAYGATE_BIN:-$CARGO_TARGET_DIR/release/waygate}"
 versions="$(bash bench/peers/install.sh)"
 deps="$root/bench/peers/.deps"
 

@@ -166,7 +166,11 @@ pub async fn run(opts: DispatchOptions, cancel: CancellationToken) -> Result<Rep
         warmup: opts.warmup,
         event: "calls",
     };
-    let lost = sent.saturating_sub(rec.received.load(Ordering::Relaxed));
+    // Calls that neither completed nor failed with an answer (the welcomes of the devices are
+    // in `received` too).
+    let answered = rec.received.load(Ordering::Relaxed).saturating_sub(opts.devices as u64)
+        + rec.error_frames.load(Ordering::Relaxed);
+    let lost = sent.saturating_sub(answered);
     Ok(drive::build_report(base, &rec, &phase, server, lost, notes))
 }
 
