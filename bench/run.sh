@@ -3,20 +3,22 @@
 # and the `waygate bench` client to core 1, and writes the tables into docs/benchmarks.md
 # (between the bench/run.sh markers) and the plots into docs/bench/.
 #
-#   bench/run.sh [--quick] [--no-build] [--servers waygate,node,bun,python,fastws,tungstenite]
+#   bench/run.sh [--quick] [--no-build] [--no-docs] [--servers waygate,node,bun,python,fastws,tungstenite]
 #
+# --no-docs: leave docs/ alone (tables and JSON stay in bench/out/<run>/), e.g. for repeat runs.
 # --quick: 3 s phases, 2,000 idle connections, 200 subscribers (a smoke run of the harness).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
-quick=0 build=1 servers="waygate,node,bun,python,fastws,tungstenite"
+quick=0 build=1 docs=1 servers="waygate,node,bun,python,fastws,tungstenite"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --no-build) build=0 ;;
+    --no-docs) docs=0 ;;
     --servers) servers="$2"; shift ;;
-    *) echo "usage: $0 [--quick] [--no-build] [--servers a,b,…]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--quick] [--no-build] [--no-docs] [--servers a,b,…]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -81,7 +83,7 @@ trap stop_server EXIT
 bench() { # name workload extra-args… ; writes $out/$name-$workload.json
   local name="$1" label="$2"; shift 2
   local plot=()
-  if [ "$name" = waygate ] || { [ "$name" = node ] && [ "$label" = echo ]; }; then
+  if [ "$docs" = 1 ] && { [ "$name" = waygate ] || { [ "$name" = node ] && [ "$label" = echo ]; }; }; then
     plot=(--plot "docs/bench/$name-$label.png")
   fi
   echo "== $name $label: waygate bench $* (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
@@ -111,9 +113,9 @@ python3 bench/report.py "$out" --quick "$quick" --versions "$out/versions.txt" \
   --command "bench/run.sh $([ "$quick" = 1 ] && echo --quick) --servers $servers" \
   --params "echo: $echo_conns conns closed loop and open loop at $open_rate msg/s; idle: $idle_n conns held $hold; fanout: 1 channel × $subs subscribers, closed loop; connect: $connect_conc concurrent handshakes; phases $dur after $warm warm-up" \
   >"$out/tables.md"
-if [ "$quick" = 0 ]; then
+if [ "$quick" = 0 ] && [ "$docs" = 1 ]; then
   python3 bench/report.py --splice docs/benchmarks.md "$out/tables.md"
   echo "docs/benchmarks.md updated" >&2
 else
-  echo "quick run: tables in $out/tables.md (docs/benchmarks.md untouched)" >&2
+  echo "tables in $out/tables.md (docs/benchmarks.md untouched)" >&2
 fi
