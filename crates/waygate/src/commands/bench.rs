@@ -1,5 +1,7 @@
 //! `waygate bench …`: parse into the harness's options, run, print, plot.
 
+use std::io::Write;
+
 use tokio_util::sync::CancellationToken;
 use waygate_bench::{DispatchOptions, Options, Report, Workload};
 
@@ -39,11 +41,9 @@ pub async fn run(cmd: BenchCommand) -> Result<(), Failure> {
             (waygate_bench::run_dispatch(opts, cancel).await?, a.out)
         }
     };
-    if out.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.summary());
-    }
+    let text = if out.json { serde_json::to_string_pretty(&report)? } else { report.summary() };
+    // A closed stdout (`| head`) is not a failure of the benchmark.
+    let _ = writeln!(std::io::stdout(), "{text}");
     if let Some(path) = &out.plot {
         waygate_bench::plot::write_png(&report, path)?;
     }
