@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -37,6 +38,9 @@ pub enum Command {
     /// Local simulators for tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Measure a realtime server (waygate or a peer) or cross-instance dispatch.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 #[derive(Args, Default, Clone)]
@@ -266,4 +270,98 @@ pub enum UserCommand {
         #[command(flatten)]
         db: DbArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// ping → pong round trips on every connection (closed loop, or open loop with --rate).
+    Echo(BenchArgs),
+    /// One publisher, --connections subscribers on one channel; publish → deliver latency.
+    Fanout(BenchArgs),
+    /// Handshakes per second: connect, receive the welcome, close (--connections at a time).
+    Connect(BenchArgs),
+    /// Open --connections connections, hold them for --duration; server RSS per connection.
+    Idle(BenchArgs),
+    /// Tool calls POSTed to instance A (wait=true) for devices held by instance B.
+    Dispatch(DispatchBenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct BenchOutput {
+    /// Print the report as JSON on stdout (instead of a summary).
+    #[arg(long)]
+    pub json: bool,
+    /// Write latency percentiles over time and the CDF as a PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// Server process to sample for CPU (utime+stime) and RSS (/proc/PID).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
+    /// Length of the measured phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Load before measuring (not counted in latencies or CPU).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// No progress bar (it is hidden anyway when stderr is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// A realtime endpoint, e.g. ws://127.0.0.1:8080/ws.
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// Connections (echo, idle), subscribers (fanout) or concurrent handshakes (connect).
+    #[arg(long, short = 'c', default_value_t = 100)]
+    pub connections: usize,
+    /// Open loop: messages per second in total (fanout: publishes per second). Omit for closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Request frame size in bytes (padded JSON).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Fan-out channel.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Handshakes in progress at once while opening connections.
+    #[arg(long, default_value_t = 256)]
+    pub open_concurrency: usize,
+    /// Time allowed for one reply or handshake.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub out: BenchOutput,
+}
+
+#[derive(Args, Clone)]
+pub struct DispatchBenchArgs {
+    /// Instance that accepts the calls (A), e.g. http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub accept: String,
+    /// Instance the devices connect to (B).
+    #[arg(long, value_name = "URL")]
+    pub devices_on: String,
+    /// Session token (else --email and --password log in on A).
+    #[arg(long, env = "WAYGATE_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "TEST_USER_EMAIL")]
+    pub email: Option<String>,
+    #[arg(long, env = "TEST_USER_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Devices registered and connected to B.
+    #[arg(long, default_value_t = 4)]
+    pub devices: usize,
+    /// Calls per second (open loop).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// timeoutMs of each call.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub call_timeout: Duration,
+    /// Calls outstanding at once.
+    #[arg(long, default_value_t = 2000)]
+    pub max_in_flight: usize,
+    #[command(flatten)]
+    pub out: BenchOutput,
 }

@@ -1,4 +1,5 @@
 mod agent;
+mod bench;
 mod config;
 mod ingest;
 mod serve;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Dlq(args) => runtime().and_then(|rt| rt.block_on(ingest::dlq(cli.config, args))),
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
         Command::Sim(SimCommand::Discord(args)) => runtime().and_then(|rt| rt.block_on(ingest::sim_discord(args))),
+        Command::Bench(cmd) => runtime().and_then(|rt| rt.block_on(bench::run(cmd))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
