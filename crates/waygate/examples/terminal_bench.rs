@@ -133,6 +133,8 @@ async fn main() {
         ticks as f64 / hz,
         ticks as f64 / hz * 1000.0 / mb
     );
-    let _ = agent.kill();
-    let _ = serve.kill();
+    for child in [&mut agent, &mut serve] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
