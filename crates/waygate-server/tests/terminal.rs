@@ -383,6 +383,16 @@ async fn notifications_stream_terminal_session_events() {
     let ended = recv_json(&mut events).await;
     assert_eq!(ended["type"], "terminal.session.ended");
     assert_eq!(ended["reason"], "exit");
+
+    // Devices going online and offline are on the stream too.
+    let reg = app.register_device(&user, &["desktop"]).await;
+    let device_id = reg["deviceId"].as_str().unwrap();
+    let device = device_online(&app.ws_url("/api/gateway/ws"), device_id, reg["sessionToken"].as_str().unwrap()).await;
+    let online = recv_json(&mut events).await;
+    assert_eq!((online["type"].as_str(), online["deviceId"].as_str()), (Some("device.online"), Some(device_id)));
+    drop(device);
+    let offline = recv_json(&mut events).await;
+    assert_eq!((offline["type"].as_str(), offline["deviceId"].as_str()), (Some("device.offline"), Some(device_id)));
     agent.stop().await;
     app.stop().await;
 }
