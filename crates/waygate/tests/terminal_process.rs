@@ -146,9 +146,10 @@ async fn sigterm_keeps_open_terminal_sessions_then_closes_1001_and_exits_zero() 
     // The open session survives SIGTERM and keeps working.
     ws.send(Message::Binary(b"after-sigterm\n".to_vec().into())).await.unwrap();
     let mut seen = String::new();
-    while !seen.contains("after-sigterm\r\nafter-sigterm") {
+    while seen.matches("after-sigterm").count() < 2 {
         match tokio::time::timeout(WAIT, ws.next()).await.expect("echo").unwrap().unwrap() {
             Message::Binary(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -226,6 +227,8 @@ async fn a_stalled_browser_keeps_server_memory_bounded() {
                 }
             }
             Message::Text(t) => break serde_json::from_str::<Value>(&t).unwrap()["code"].as_i64().unwrap(),
+            // A loaded machine can take longer than a heartbeat period.
+            Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
         }
     };

@@ -18,6 +18,8 @@ use crate::ws::conn::{Connection, Flow};
 pub struct DeviceSession {
     pub device_id: String,
     pub session_id: String,
+    /// The owner, for `/ws/notifications`.
+    pub user_id: String,
 }
 
 impl DeviceSession {
@@ -33,6 +35,7 @@ impl DeviceSession {
         }
         super::dispatch::fail_device_calls(state, &self.device_id).await;
         tracing::info!(device_id = %self.device_id, session_id = %self.session_id, "device disconnected");
+        state.notifier.notify(&self.user_id, serde_json::json!({"type": "device.offline", "deviceId": self.device_id}));
     }
 }
 
@@ -118,7 +121,8 @@ async fn register(
         heartbeat_interval_ms: state.config.heartbeat.as_millis() as u64,
     };
     let _ = conn.send_json(&ack);
-    conn.device = Some(DeviceSession { device_id, session_id });
+    state.notifier.notify(&target.user_id, serde_json::json!({"type": "device.online", "deviceId": device_id}));
+    conn.device = Some(DeviceSession { device_id, session_id, user_id: target.user_id.clone() });
     state.dispatch.wake();
     Flow::Continue
 }
