@@ -171,7 +171,12 @@ fn kubernetes_grace_period_exceeds_prestop_plus_drain() {
     let config = std::fs::read_to_string(base.join("configmap.yaml")).unwrap();
     let num_after = |text: &str, key: &str| -> u64 {
         let rest = &text[text.find(key).unwrap_or_else(|| panic!("{key} missing")) + key.len()..];
-        rest.trim_start_matches([':', ' ', '"', '[']).split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+        rest.trim_start_matches([':', ' ', '"', '['])
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let grace = num_after(&deployment, "terminationGracePeriodSeconds");
     let drain = num_after(&config, "TERMINAL_GATEWAY_DRAIN_TIMEOUT_SECONDS");
