@@ -90,6 +90,8 @@ async fn main() {
     task.await.unwrap().unwrap();
     sim.stop().await;
     ch.queue_purge(sink.as_str().into(), Default::default()).await.unwrap();
+    // Phase 2 talks to a new simulator: start it from a fresh session, not phase 1's resume state.
+    ch.queue_purge(topo.ingest_state().as_str().into(), Default::default()).await.unwrap();
 
     // Phase 2: end-to-end latency at a steady interaction rate, handler answering 204.
     let latencies = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap()));

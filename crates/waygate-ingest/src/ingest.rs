@@ -827,6 +827,9 @@ enum Outcome {
     Fatal(u16, &'static str),
 }
 
+/// Failed connects to a session's resume URL before resuming through the main gateway URL.
+const RESUME_URL_ATTEMPTS: u32 = 3;
+
 /// Session state a shard carries across connections.
 struct ShardSession {
     session: Option<Arc<SessionInfo>>,
@@ -847,6 +850,7 @@ impl ShardReader {
             pending: None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        let mut resume_failures = 0u32;
         loop {
             if self.stop.is_cancelled() {
                 return Ok(());
@@ -859,7 +863,10 @@ impl ShardReader {
             let base = s.session.as_ref().map(|x| x.resume_url.clone()).unwrap_or_else(|| self.gateway_ws.clone());
             let url = discord::connect_url(&base, self.cfg.compress);
             let outcome = match self.connect(&url).await {
-                Ok(ws) => self.run_connection(ws, &mut s, &mut backoff).await,
+                Ok(ws) => {
+                    resume_failures = 0;
+                    self.run_connection(ws, &mut s, &mut backoff).await
+                }
                 Err(e) => Outcome::Failed(format!("connect {base}: {e}")),
             };
             let wait = match outcome {
@@ -880,9 +887,22 @@ impl ShardReader {
                 Outcome::Failed(why) => {
                     let d = backoff.next_delay();
                     tracing::warn!(shard = self.id, reason = %why, retry_in = ?d, "gateway connection failed");
+                    resume_failures += 1;
                     d
                 }
             };
+            // A resume host can vanish for good (a restarted upstream, state saved by an
+            // earlier run): the session may still live behind the main gateway URL, and if it
+            // does not, the answer there is op 9 and a fresh identify rather than retrying a
+            // dead host forever.
+            if let Some(session) = &s.session
+                && resume_failures >= RESUME_URL_ATTEMPTS
+                && session.resume_url != self.gateway_ws
+            {
+                tracing::warn!(shard = self.id, resume_url = %session.resume_url, "resume host unreachable: resuming through the gateway URL");
+                s.session = Some(Arc::new(SessionInfo { id: session.id.clone(), resume_url: self.gateway_ws.clone() }));
+                resume_failures = 0;
+            }
             if !sleep_or_stop(wait, &self.stop).await {
                 return Ok(());
             }

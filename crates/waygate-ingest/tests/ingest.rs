@@ -143,6 +143,32 @@ async fn gateway_faults_reconnect_resume_and_reidentify_without_losing_events() 
     ns.cleanup().await;
 }
 
+/// The saved resume state names the resume host of an upstream that is gone (here: a stopped
+/// simulator). The ingestor must not retry that host forever: it resumes through the gateway
+/// URL, gets op 9 for the unknown session and identifies again.
+#[tokio::test]
+async fn a_vanished_resume_host_falls_back_to_a_fresh_identify() {
+    let Some(url) = amqp_url().await else { return };
+    let ns = Ns::new(&url, "stale-resume").await;
+    let events = ns.events_queue("MESSAGE_CREATE").await;
+    let first = Simulator::start(SimConfig { messages: 20, rate: 0.0, ..SimConfig::default() }).await.unwrap();
+    let ingest = start_ingest(url.clone(), &ns, &first, |_| {}).await;
+    collect(&ns, &events, |g| count_kind(g, "MESSAGE_CREATE") == 20).await;
+    ingest.stop().await.unwrap();
+    first.stop().await;
+
+    let second = Simulator::start(SimConfig { messages: 30, rate: 0.0, ..SimConfig::default() }).await.unwrap();
+    let ingest = start_ingest(url.clone(), &ns, &second, |_| {}).await;
+    let got = collect(&ns, &events, |g| count_kind(g, "MESSAGE_CREATE") == 30).await;
+    assert_eq!(count_kind(&got, "MESSAGE_CREATE"), 30);
+    let stats = second.stats();
+    assert_eq!(stats.identifies, 1, "a new session on the new upstream: {stats:?}");
+    assert!(stats.invalid_sessions >= 1, "the stale session is refused first: {stats:?}");
+    ingest.stop().await.unwrap();
+    second.stop().await;
+    ns.cleanup().await;
+}
+
 #[tokio::test]
 async fn rejected_token_is_fatal() {
     let Some(url) = amqp_url().await else { return };

@@ -7,6 +7,7 @@ pub mod close;
 pub mod device;
 pub mod error;
 pub mod realtime;
+pub mod terminal;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetails, ErrorEnvelope};
 

@@ -66,6 +66,9 @@ impl App {
             Some(port) => Some(bind(port).await?),
             None => None,
         };
+        let metrics = Metrics::new();
+        let notifier = crate::notifications::Notifier::new(metrics.notification_write_errors.clone());
+        let terminal = crate::terminal::Terminal::new(&bus);
         let state = Arc::new(Shared {
             live: Live::new(&config),
             store,
@@ -73,7 +76,9 @@ impl App {
             realtime,
             routing,
             jwt,
-            metrics: Metrics::new(),
+            metrics,
+            terminal,
+            notifier,
             instance_id,
             conns: ConnRegistry::default(),
             devices: DeviceRegistry::default(),

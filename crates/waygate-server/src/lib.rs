@@ -15,9 +15,11 @@ mod gateway;
 mod http;
 mod listener;
 mod metrics;
+mod notifications;
 mod realtime;
 mod reload;
 mod state;
+mod terminal;
 mod ws;
 
 pub use app::{App, BuildError};

@@ -18,6 +18,13 @@ pub struct Metrics {
     pub dispatch_queue_processing: Gauge,
     pub backend_database: Gauge,
     pub backend_redis: Gauge,
+    pub terminal_sessions: Gauge,
+    pub terminal_agents: Gauge,
+    pub token_replays: Counter,
+    pub relay_bytes_out: Counter,
+    pub relay_bytes_in: Counter,
+    pub relay_drops: Counter,
+    pub notification_write_errors: Counter,
 }
 
 impl Metrics {
@@ -54,6 +61,15 @@ impl Metrics {
         );
         r.describe_counter(names::WS_NOTIFICATIONS_WRITE_ERRORS_TOTAL, "Relay and notification writes that failed");
         r.describe_gauge(names::TERMINAL_SESSIONS_ACTIVE, "Open terminal sessions on this instance");
+        r.describe_gauge(names::TERMINAL_AGENTS_CONNECTED, "Node agents connected to this instance");
+        r.describe_counter(
+            names::TERMINAL_RELAY_BYTES_TOTAL,
+            "Terminal bytes relayed, by direction (out: node to browser, in: browser to node)",
+        );
+        r.describe_counter(
+            names::TERMINAL_RELAY_DROPS_TOTAL,
+            "Terminal sessions cut because the agent overran its flow-control window",
+        );
         let m = Metrics {
             ws_active: r.gauge(names::WS_CONNECTIONS_ACTIVE, &[]),
             ws_total: r.counter(names::WS_CONNECTIONS_TOTAL, &[]),
@@ -68,6 +84,13 @@ impl Metrics {
             dispatch_queue_processing: r.gauge(names::DISPATCH_QUEUE_DEPTH, &[("status", "processing".into())]),
             backend_database: r.gauge(names::BACKEND_UP, &[("backend", "database".into())]),
             backend_redis: r.gauge(names::BACKEND_UP, &[("backend", "redis".into())]),
+            terminal_sessions: r.gauge(names::TERMINAL_SESSIONS_ACTIVE, &[]),
+            terminal_agents: r.gauge(names::TERMINAL_AGENTS_CONNECTED, &[]),
+            token_replays: r.counter(names::TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL, &[]),
+            relay_bytes_out: r.counter(names::TERMINAL_RELAY_BYTES_TOTAL, &[("direction", "out".into())]),
+            relay_bytes_in: r.counter(names::TERMINAL_RELAY_BYTES_TOTAL, &[("direction", "in".into())]),
+            relay_drops: r.counter(names::TERMINAL_RELAY_DROPS_TOTAL, &[]),
+            notification_write_errors: r.counter(names::WS_NOTIFICATIONS_WRITE_ERRORS_TOTAL, &[]),
             registry: r,
         };
         // Series that alerts and dashboards query exist from the start, at zero.
@@ -85,7 +108,23 @@ impl Metrics {
         m.registry.counter(names::ROUTE_FAILURES_TOTAL, &[]).increment(0);
         m.registry.counter(names::WS_NOTIFICATIONS_WRITE_ERRORS_TOTAL, &[]).increment(0);
         m.registry.gauge(names::TERMINAL_SESSIONS_ACTIVE, &[]).set(0.0);
+        m.terminal_agents.set(0.0);
+        m.relay_drops.increment(0);
+        m.relay_bytes_in.increment(0);
+        m.relay_bytes_out.increment(0);
+        m.terminal_event("accepted", "ok").increment(0);
+        for reason in
+            ["token_replayed", "token_invalid", "token_expired", "token_in_query", "draining", "agent_unavailable"]
+        {
+            m.terminal_event("rejected", reason).increment(0);
+        }
         m
+    }
+
+    /// `terminal_gateway_ws_events_total{outcome,reason}` (cold path: one lookup per session).
+    pub fn terminal_event(&self, outcome: &'static str, reason: &'static str) -> Counter {
+        self.registry
+            .counter(names::TERMINAL_WS_EVENTS_TOTAL, &[("outcome", outcome.into()), ("reason", reason.into())])
     }
 
     /// Counter for an upgrade refused for `reason` (cold path: registry lookup is fine).

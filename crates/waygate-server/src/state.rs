@@ -31,6 +31,8 @@ pub struct Shared {
     pub dispatch: DispatchState,
     pub lifecycle: Lifecycle,
     pub log: LogHandle,
+    pub terminal: crate::terminal::Terminal,
+    pub notifier: crate::notifications::Notifier,
 }
 
 /// Settings `config.reload` can change while connections are open. Hot-path values are

@@ -12,23 +12,19 @@ async fn online_device(app: &TestApp, user: &TestUser, caps: &[&str]) -> (String
     (id, ws)
 }
 
+/// Starts a tool call whose HTTP request waits for the device; the handle yields the response.
+fn call_in_background(app: &TestApp, user: &TestUser, body: Value) -> tokio::task::JoinHandle<reqwest::Response> {
+    let (client, url, token) = (app.client.clone(), app.url("/api/gateway/tool-calls"), user.token.clone());
+    tokio::spawn(async move { client.post(url).bearer_auth(token).json(&body).send().await.unwrap() })
+}
+
 #[tokio::test]
 async fn a_call_reaches_the_device_and_returns_its_result() {
     let app = spawn_app().await;
     let user = app.user("t@example.com").await;
     let (device_id, mut ws) = online_device(&app, &user, &["desktop"]).await;
-    let call = tokio::spawn({
-        let (client, url, token) = (app.client.clone(), app.url("/api/gateway/tool-calls"), user.token.clone());
-        async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"capability": "desktop", "tool": "screenshot", "args": {"scale": 2}}))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let call =
+        call_in_background(&app, &user, json!({"capability": "desktop", "tool": "screenshot", "args": {"scale": 2}}));
     let msg = recv_json(&mut ws).await;
     assert_eq!(msg["type"], "tool_call");
     assert_eq!(msg["tool"], "screenshot");
@@ -125,18 +121,7 @@ async fn a_call_waits_for_a_device_to_come_online() {
     let app = spawn_app().await;
     let user = app.user("t@example.com").await;
     let reg = app.register_device(&user, &["desktop"]).await;
-    let call = tokio::spawn({
-        let (client, url, token) = (app.client.clone(), app.url("/api/gateway/tool-calls"), user.token.clone());
-        async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"capability": "desktop", "tool": "late", "timeoutMs": 10_000}))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let call = call_in_background(&app, &user, json!({"capability": "desktop", "tool": "late", "timeoutMs": 10_000}));
     eventually("call queued", || async { app.counters().await["pending"] == 1 }).await;
     let ws =
         device_online(&app.ws_url("/ws"), reg["deviceId"].as_str().unwrap(), reg["sessionToken"].as_str().unwrap())
@@ -169,18 +154,7 @@ async fn a_silent_device_times_out_with_504_and_counts_as_expired() {
     let app = spawn_app().await;
     let user = app.user("t@example.com").await;
     let (_, mut ws) = online_device(&app, &user, &["desktop"]).await;
-    let call = tokio::spawn({
-        let (client, url, token) = (app.client.clone(), app.url("/api/gateway/tool-calls"), user.token.clone());
-        async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"capability": "desktop", "tool": "slow", "timeoutMs": 500}))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let call = call_in_background(&app, &user, json!({"capability": "desktop", "tool": "slow", "timeoutMs": 500}));
     let msg = recv_json(&mut ws).await;
     assert_eq!(msg["type"], "tool_call");
     let res = call.await.unwrap();
@@ -207,18 +181,7 @@ async fn losing_the_socket_mid_call_is_502_device_disconnected() {
     let app = spawn_app().await;
     let user = app.user("t@example.com").await;
     let (_, mut ws) = online_device(&app, &user, &["desktop"]).await;
-    let call = tokio::spawn({
-        let (client, url, token) = (app.client.clone(), app.url("/api/gateway/tool-calls"), user.token.clone());
-        async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"capability": "desktop", "tool": "x"}))
-                .send()
-                .await
-                .unwrap()
-        }
-    });
+    let call = call_in_background(&app, &user, json!({"capability": "desktop", "tool": "x"}));
     assert_eq!(recv_json(&mut ws).await["type"], "tool_call");
     drop(ws); // the device vanishes without answering
     let res = call.await.unwrap();

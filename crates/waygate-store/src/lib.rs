@@ -10,6 +10,7 @@ mod devices;
 mod events;
 mod instances;
 mod models;
+mod terminal;
 mod token;
 mod tool_calls;
 mod users;
@@ -22,8 +23,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use connections::ClosedConnection;
+pub use devices::INSTANCE_STALE_MS;
 pub use events::QueueEvent;
 pub use models::{CallOutcome, Claimed, DeviceRow, NewToolCall, RegisterTarget, ToolCallRow, User};
+pub use terminal::{AllocationRow, NewAllocation};
 pub use token::{hash_token, random_token};
 
 #[derive(Debug, thiserror::Error)]

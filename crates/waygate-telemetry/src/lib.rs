@@ -33,6 +33,9 @@ pub mod names {
     pub const TERMINAL_TOKEN_REPLAY_REJECTED_TOTAL: &str = "terminal_token_replay_rejected_total";
     pub const WS_NOTIFICATIONS_WRITE_ERRORS_TOTAL: &str = "ws_notifications_write_errors_total";
     pub const TERMINAL_SESSIONS_ACTIVE: &str = "terminal_sessions_active";
+    pub const TERMINAL_RELAY_BYTES_TOTAL: &str = "terminal_relay_bytes_total";
+    pub const TERMINAL_RELAY_DROPS_TOTAL: &str = "terminal_relay_drops_total";
+    pub const TERMINAL_AGENTS_CONNECTED: &str = "terminal_agents_connected";
 }
 
 /// Current time as RFC 3339 UTC with milliseconds, the format of every timestamp on the wire.

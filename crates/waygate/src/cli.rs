@@ -32,6 +32,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Inspect and act on a dead-letter queue.
     Dlq(DlqArgs),
+    /// Run the node agent: connect out to a gateway and serve terminal sessions in real PTYs.
+    Agent(AgentArgs),
     /// Local simulators for tests and demos.
     #[command(subcommand)]
     Sim(SimCommand),
@@ -212,6 +214,22 @@ pub struct DbArgs {
     /// Overrides DATABASE_URL.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Gateway base URL (ws://host:port or wss://host:port); the agent path is appended.
+    #[arg(long, value_name = "URL")]
+    pub gateway: String,
+    /// This node's id, as allocations name it.
+    #[arg(long, value_name = "ID")]
+    pub node_id: String,
+    /// The gateway's WAYGATE_AGENT_TOKEN (prefer the environment: flags show up in `ps`).
+    #[arg(long, env = "WAYGATE_AGENT_TOKEN", hide_env_values = true, value_name = "T")]
+    pub token: String,
+    /// Longest wait between reconnect attempts, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub max_backoff_secs: u64,
 }
 
 #[derive(Args)]

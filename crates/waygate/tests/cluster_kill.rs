@@ -78,18 +78,7 @@ async fn a_killed_claimer_fails_its_call_once_after_the_lease() {
         .await
         .unwrap();
     let token = login["token"].as_str().unwrap().to_owned();
-    let reg: Value = client
-        .post(a.url("/api/gateway/devices"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "d", "platform": "linux", "capabilities": ["desktop"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (id, session) =
-        (reg["deviceId"].as_str().unwrap().to_owned(), reg["sessionToken"].as_str().unwrap().to_owned());
+    let (id, session) = a.register_device(&token, "d").await;
 
     let mut on_b = device(&b.http, &id, &session).await;
     let call = {

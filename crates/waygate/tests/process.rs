@@ -106,18 +106,7 @@ async fn a_killed_embedded_server_keeps_devices_and_finished_calls() {
     let server = Server::start(dir.path(), &[]);
     let token = login(&server, dir.path(), "keep@example.com").await;
     let client = reqwest::Client::new();
-    let reg: Value = client
-        .post(server.url("/api/gateway/devices"))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Keeper", "platform": "linux", "capabilities": ["desktop"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (device_id, session) =
-        (reg["deviceId"].as_str().unwrap().to_owned(), reg["sessionToken"].as_str().unwrap().to_owned());
+    let (device_id, session) = server.register_device(&token, "Keeper").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/gateway/ws", server.http)).await.unwrap();
     ws.next().await.unwrap().unwrap();
     ws.send(Message::text(json!({"type": "register", "deviceId": device_id, "sessionToken": session}).to_string()))

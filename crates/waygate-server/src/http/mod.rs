@@ -16,6 +16,7 @@ use axum::routing::{any, get, post};
 use crate::gateway::api;
 use crate::realtime;
 use crate::state::AppState;
+use crate::terminal;
 use crate::ws;
 use error::ApiError;
 
@@ -26,6 +27,9 @@ fn ws_routes() -> Router<AppState> {
         .route("/ws/{*rest}", any(ws::realtime))
         .route("/websocket", any(ws::realtime))
         .route("/websocket/{*rest}", any(ws::realtime))
+        .route("/ws/terminal/{allocation_id}", any(crate::terminal::session::upgrade))
+        .route("/ws/notifications", any(crate::notifications::upgrade))
+        .route("/api/agent/ws", any(crate::terminal::agent::upgrade))
         .route("/api/gateway/ws", any(ws::device))
         .route("/api/gateway/ws/{*rest}", any(ws::device))
 }
@@ -52,6 +56,12 @@ pub fn main_router(state: AppState) -> Router {
             post(realtime::push::send).get(realtime::push::info).delete(realtime::push::disconnect),
         )
         .route("/api/channels/{channel}/publish", post(realtime::push::publish))
+        .route("/api/terminal/config", get(terminal::api::client_config))
+        .route("/api/terminal/allocations", post(terminal::api::create).get(terminal::api::list))
+        .route("/api/terminal/allocations/{id}", get(terminal::api::get).delete(terminal::api::delete))
+        .route("/api/terminal/allocations/{id}/tokens", post(terminal::api::mint_token))
+        .route("/terminal/assets/{name}", get(terminal::page::asset))
+        .route("/terminal/{allocation_id}", get(terminal::page::page))
         .merge(ws_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,3 +1,4 @@
+mod agent;
 mod config;
 mod ingest;
 mod serve;
@@ -37,6 +38,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Ingest(args) => runtime().and_then(|rt| rt.block_on(ingest::ingest(cli.config, args))),
         Command::Worker(args) => runtime().and_then(|rt| rt.block_on(ingest::worker(cli.config, args))),
         Command::Dlq(args) => runtime().and_then(|rt| rt.block_on(ingest::dlq(cli.config, args))),
+        Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
         Command::Sim(SimCommand::Discord(args)) => runtime().and_then(|rt| rt.block_on(ingest::sim_discord(args))),
     };
     match result {

@@ -63,6 +63,14 @@ impl Server {
         format!("http://{}{path}", self.http)
     }
 
+    /// Registers a device for the user behind `token`; returns its id and session token.
+    pub async fn register_device(&self, token: &str, name: &str) -> (String, String) {
+        let body = serde_json::json!({"name": name, "platform": "linux", "capabilities": ["desktop"]});
+        let res = reqwest::Client::new().post(self.url("/api/gateway/devices")).bearer_auth(token).json(&body).send();
+        let reg: Value = res.await.unwrap().json().await.unwrap();
+        (reg["deviceId"].as_str().unwrap().to_owned(), reg["sessionToken"].as_str().unwrap().to_owned())
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
