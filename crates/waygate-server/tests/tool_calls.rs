@@ -316,3 +316,41 @@ async fn calls_spread_across_a_users_devices_and_each_runs_once() {
     assert_eq!(executed, ids, "every call executed exactly once");
     assert!(busy >= 2, "work was spread over the devices");
 }
+
+/// The message rate limit protects the server from clients; a device's results answer calls the
+/// server sent at its own pace, so a busy device is never refused its results (that would
+/// expire calls the device really ran).
+#[tokio::test]
+async fn a_busy_device_is_not_rate_limited_on_its_results() {
+    let app = spawn_app_with(&[("WAYGATE_MESSAGES_PER_SECOND", "2")]).await;
+    let user = app.user("t@example.com").await;
+    let (_, mut ws) = online_device(&app, &user, &["desktop"]).await;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let body = json!({"capability": "desktop", "tool": "echo", "args": {"n": n}, "wait": false});
+        let res = app.post(&user, "/api/gateway/tool-calls", body).await;
+        assert_eq!(res.status(), 202);
+        ids.push(res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    for _ in 0..30 {
+        let msg = recv_json(&mut ws).await;
+        assert_eq!(msg["type"], "tool_call", "{msg}");
+        send_json(&mut ws, json!({"type": "tool_result", "callId": msg["callId"], "ok": true, "result": msg["args"]}))
+            .await;
+    }
+    for id in &ids {
+        let path = format!("/api/gateway/tool-calls/{id}");
+        eventually("every result recorded", || async {
+            app.get(&user, &path).await.json::<Value>().await.unwrap()["status"] == "completed"
+        })
+        .await;
+    }
+    assert_eq!(metric(&app.metrics().await, "waygate_gateway_tool_calls_total{outcome=\"completed\"}"), 30.0);
+    // Results for calls it is not running are still charged: a flood of them is refused and,
+    // sustained, closes the socket with 1008 like any other flood.
+    for _ in 0..10 {
+        send_json(&mut ws, json!({"type": "tool_result", "callId": "nope", "ok": true})).await;
+    }
+    assert_eq!(recv_close(&mut ws).await.0, 1008);
+    app.stop().await;
+}

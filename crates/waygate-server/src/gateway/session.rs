@@ -43,6 +43,12 @@ pub(crate) async fn on_device_message(conn: &mut Connection, text: &[u8], id: Op
     let msg: DeviceMessage = match serde_json::from_slice(text) {
         Ok(m) => m,
         Err(e) => {
+            // Unlimited only if it was a well-formed result (see `Connection::on_text`).
+            if conn.device.is_some()
+                && let Some(flow) = conn.over_rate_limit()
+            {
+                return flow;
+            }
             conn.send_error(id, ErrorCode::BadRequest, &format!("invalid device message: {e}"));
             return Flow::Continue;
         }
@@ -58,6 +64,9 @@ pub(crate) async fn on_device_message(conn: &mut Connection, text: &[u8], id: Op
             };
             let device_id = session.device_id.clone();
             if !super::dispatch::complete(&conn.state, &call_id, &device_id, ok, result, error).await {
+                if let Some(flow) = conn.over_rate_limit() {
+                    return flow;
+                }
                 conn.send_error(id, ErrorCode::NotFound, &format!("no call {call_id} is waiting for this device"));
             }
             Flow::Continue

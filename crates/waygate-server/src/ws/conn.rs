@@ -279,19 +279,7 @@ impl Connection {
         match msg {
             Message::Text(text) => {
                 self.state.metrics.messages_in.increment(1);
-                let rps = self.state.live.messages_per_second.load(std::sync::atomic::Ordering::Relaxed);
-                match self.rate.check(rps, Instant::now()) {
-                    Verdict::Allow => self.on_text(text).await,
-                    Verdict::Refuse => {
-                        self.state.metrics.rate_limited.increment(1);
-                        self.send_error(None, ErrorCode::RateLimited, "message rate limit exceeded; slow down");
-                        Flow::Continue
-                    }
-                    Verdict::Abuse => {
-                        self.state.metrics.rate_limited.increment(1);
-                        Flow::Close(close::POLICY_VIOLATION, Cow::Borrowed("message rate limit exceeded"))
-                    }
-                }
+                self.on_text(text).await
             }
             Message::Binary(_) => {
                 self.send_error(
@@ -309,8 +297,33 @@ impl Connection {
         }
     }
 
+    /// Charges one message to the connection's rate limit; `Some` when it must be refused.
+    pub(crate) fn over_rate_limit(&mut self) -> Option<Flow> {
+        let rps = self.state.live.messages_per_second.load(std::sync::atomic::Ordering::Relaxed);
+        match self.rate.check(rps, Instant::now()) {
+            Verdict::Allow => None,
+            Verdict::Refuse => {
+                self.state.metrics.rate_limited.increment(1);
+                self.send_error(None, ErrorCode::RateLimited, "message rate limit exceeded; slow down");
+                Some(Flow::Continue)
+            }
+            Verdict::Abuse => {
+                self.state.metrics.rate_limited.increment(1);
+                Some(Flow::Close(close::POLICY_VIOLATION, Cow::Borrowed("message rate limit exceeded")))
+            }
+        }
+    }
+
     async fn on_text(&mut self, text: Bytes) -> Flow {
-        let env: Envelope<'_> = match serde_json::from_slice(&text) {
+        let parsed = serde_json::from_slice::<Envelope<'_>>(&text);
+        // A registered device's results answer calls this server sent, at the server's pace:
+        // refusing them would throw away finished work and expire the call. Results for calls
+        // the device is not running are charged in the device session instead.
+        let paced = self.device.is_some() && matches!(&parsed, Ok(env) if env.kind.as_deref() == Some("tool_result"));
+        if !paced && let Some(flow) = self.over_rate_limit() {
+            return flow;
+        }
+        let env: Envelope<'_> = match parsed {
             Ok(env) => env,
             Err(e) if e.is_data() => {
                 self.send_error(None, ErrorCode::BadRequest, "message must be a JSON object");
