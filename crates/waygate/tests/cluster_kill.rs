@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::*;
@@ -58,26 +57,8 @@ async fn a_killed_claimer_fails_its_call_once_after_the_lease() {
     let a = start("a");
     let mut b = start("b");
 
-    let mut add = waygate(dir.path())
-        .args(["user", "add", "kill@example.com"])
-        .env("DATABASE_URL", &pg.url)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    add.stdin.take().unwrap().write_all(b"password123\n").unwrap();
-    assert!(add.wait().unwrap().success());
     let client = reqwest::Client::new();
-    let login: Value = client
-        .post(a.url("/api/auth/login"))
-        .json(&json!({"email": "kill@example.com", "password": "password123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    let token = a.new_user_token(dir.path(), "kill@example.com", &[("DATABASE_URL", &pg.url)]).await;
     let (id, session) = a.register_device(&token, "d").await;
 
     let mut on_b = device(&b.http, &id, &session).await;

@@ -9,28 +9,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-async fn login(server: &Server, dir: &std::path::Path, email: &str) -> String {
-    let mut child = waygate(dir)
-        .args(["user", "add", email])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"password123\n").unwrap();
-    assert!(child.wait().unwrap().success());
-    let res: Value = reqwest::Client::new()
-        .post(server.url("/api/auth/login"))
-        .json(&json!({"email": email, "password": "password123"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    res["token"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn sigterm_drains_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +82,7 @@ async fn an_idle_server_exits_at_once_on_sigterm() {
 async fn a_killed_embedded_server_keeps_devices_and_finished_calls() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let token = login(&server, dir.path(), "keep@example.com").await;
+    let token = server.new_user_token(dir.path(), "keep@example.com", &[]).await;
     let client = reqwest::Client::new();
     let (device_id, session) = server.register_device(&token, "Keeper").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/gateway/ws", server.http)).await.unwrap();

@@ -52,26 +52,8 @@ struct Api {
 
 impl Api {
     async fn login(server: &Server, dir: &std::path::Path) -> Api {
-        let mut child = waygate(dir)
-            .args(["user", "add", "term@example.com"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"password123\n").unwrap();
-        assert!(child.wait().unwrap().success());
-        let client = reqwest::Client::new();
-        let res: Value = client
-            .post(server.url("/api/auth/login"))
-            .json(&json!({"email": "term@example.com", "password": "password123"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Api { client, base: server.url(""), token: res["token"].as_str().unwrap().to_owned() }
+        let token = server.new_user_token(dir, "term@example.com", &[]).await;
+        Api { client: reqwest::Client::new(), base: server.url(""), token }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {

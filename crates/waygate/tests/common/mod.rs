@@ -63,6 +63,21 @@ impl Server {
         format!("http://{}{path}", self.http)
     }
 
+    /// Adds a user with `waygate user add` (password `password123`, `env` for e.g. a
+    /// cluster DATABASE_URL) and logs in through this server; returns the session token.
+    pub async fn new_user_token(&self, dir: &Path, email: &str, env: &[(&str, &str)]) -> String {
+        use std::io::Write;
+        let mut add = waygate(dir);
+        add.args(["user", "add", email]).envs(env.iter().copied()).stdin(Stdio::piped()).stdout(Stdio::null());
+        let mut child = add.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(b"password123\n").unwrap();
+        assert!(child.wait().unwrap().success(), "waygate user add {email}");
+        let body = serde_json::json!({"email": email, "password": "password123"});
+        let res = reqwest::Client::new().post(self.url("/api/auth/login")).json(&body).send();
+        let login: Value = res.await.unwrap().json().await.unwrap();
+        login["token"].as_str().unwrap().to_owned()
+    }
+
     /// Registers a device for the user behind `token`; returns its id and session token.
     pub async fn register_device(&self, token: &str, name: &str) -> (String, String) {
         let body = serde_json::json!({"name": name, "platform": "linux", "capabilities": ["desktop"]});
