@@ -41,6 +41,77 @@ pub enum Command {
     /// Measure a realtime server (waygate or a peer) or cross-instance dispatch.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Post-deploy check: health, register a device, list, WS register/ack, delete (exit 1 on failure).
+    Smoke(SmokeArgs),
+    /// Connect to WebSocket paths, time handshakes and round trips, hold, monitor (exit 1 below thresholds).
+    Probe(ProbeArgs),
+}
+
+#[derive(Args)]
+pub struct SmokeArgs {
+    /// Gateway base URL, e.g. https://gateway.example.com.
+    #[arg(long, env = "GATEWAY_SMOKE_BASE_URL", value_name = "URL")]
+    pub base_url: String,
+    /// Session cookie (`waygate_session=…`, or the bare value); used instead of logging in.
+    #[arg(long, env = "GATEWAY_SMOKE_COOKIE", value_name = "COOKIE", hide_env_values = true)]
+    pub cookie: Option<String>,
+    /// User to log in as (with --password) when no cookie is given.
+    #[arg(long, env = "TEST_USER_EMAIL", value_name = "EMAIL")]
+    pub email: Option<String>,
+    #[arg(long, env = "TEST_USER_PASSWORD", value_name = "PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Bound for each request and WebSocket step.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Accept any TLS certificate (self-signed staging).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// ws://host[:port] or wss://host[:port]; each of --paths is appended.
+    pub url: String,
+    /// Comma-separated WebSocket paths.
+    #[arg(long, value_delimiter = ',', default_value = "/ws,/ws/test,/websocket")]
+    pub paths: Vec<String>,
+    /// Keep each connection open this long, checking liveness every 5 s (seed 003: 40s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub hold: Option<std::time::Duration>,
+    /// Repeat the round every --interval for --duration.
+    #[arg(long)]
+    pub monitor: bool,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    #[arg(long, default_value = "600s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Connections per path per round, opened at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Fail (exit 1) below this success percentage.
+    #[arg(long, default_value_t = 98.0)]
+    pub min_success: f64,
+    /// Fail (exit 1) when the handshake p95 exceeds this.
+    #[arg(long, default_value_t = 2000.0)]
+    pub max_handshake_ms: f64,
+    /// Fail (exit 1) when the round-trip p99 exceeds this.
+    #[arg(long, default_value_t = 100.0)]
+    pub max_rtt_ms: f64,
+    /// Bound for the handshake and each round trip.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Wait this long for a welcome frame before using WebSocket pings for the round trip.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub welcome_wait: std::time::Duration,
+    /// Accept any TLS certificate (self-signed staging).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print one JSON document on stdout (progress lines go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Default, Clone)]

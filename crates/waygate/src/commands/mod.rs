@@ -2,6 +2,7 @@ mod agent;
 mod bench;
 mod config;
 mod ingest;
+mod ops;
 mod serve;
 mod user;
 
@@ -42,6 +43,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Agent(args) => runtime().and_then(|rt| rt.block_on(agent::run(args))),
         Command::Sim(SimCommand::Discord(args)) => runtime().and_then(|rt| rt.block_on(ingest::sim_discord(args))),
         Command::Bench(cmd) => runtime().and_then(|rt| rt.block_on(bench::run(cmd))),
+        Command::Smoke(args) => runtime().and_then(|rt| rt.block_on(ops::smoke(args))),
+        Command::Probe(args) => runtime().and_then(|rt| rt.block_on(ops::probe(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
