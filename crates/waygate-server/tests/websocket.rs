@@ -58,13 +58,17 @@ async fn malformed_and_unknown_messages_get_error_frames_and_keep_the_connection
 }
 
 #[tokio::test]
-async fn device_paths_accept_device_messages_only() {
+async fn device_paths_accept_device_messages_and_ping_only() {
     let app = spawn_app().await;
     let (mut ws, _) = connect_welcomed(&app.ws_url("/api/gateway/ws")).await;
-    send_json(&mut ws, json!({"action": "ping", "id": "p"})).await;
+    send_json(&mut ws, json!({"action": "subscribe", "channel": "news", "id": "s"})).await;
     let err = recv_json(&mut ws).await;
     assert_envelope(&err, "unknown_action");
-    assert_eq!(err["id"], "p");
+    assert_eq!(err["id"], "s");
+    // A device's liveness probe (the SDK's heartbeat) is answered like on realtime paths.
+    send_json(&mut ws, json!({"action": "ping", "id": "p"})).await;
+    let pong = recv_json(&mut ws).await;
+    assert_eq!((pong["type"].as_str(), pong["id"].as_str()), (Some("pong"), Some("p")));
     app.stop().await;
 }
 

@@ -355,7 +355,9 @@ impl Connection {
             };
         }
         match (self.kind, env.action.as_deref()) {
-            (PathKind::Realtime, Some("ping")) => {
+            // Every path answers `ping`: devices need it to tell a dead link from a quiet one
+            // (browsers never see WebSocket-level pings; see docs/protocol.md).
+            (_, Some("ping")) => {
                 self.send_pong(id);
                 Flow::Continue
             }
