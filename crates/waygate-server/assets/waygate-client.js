@@ -115,6 +115,7 @@ var Link = class extends Emitter {
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       if (this.ws !== ws) return;
+      clearTimeout(this.connectTimer);
       this.openedAt = this.lastRx = Date.now();
       this.opened();
     };
@@ -134,7 +135,11 @@ var Link = class extends Emitter {
       this.frame(msg);
     };
     ws.onerror = () => {
+      if (this.ws === ws && !this.openedAt) this.drop(1006, "connection failed");
     };
+    this.connectTimer = setTimeout(() => {
+      if (this.ws === ws && !this.openedAt) this.drop(1006, "connect timeout");
+    }, this.linkOptions.connectTimeoutMs ?? 1e4);
     ws.onclose = (ev) => {
       if (this.ws === ws) this.drop(ev.code, ev.reason);
     };
@@ -164,7 +169,8 @@ var Link = class extends Emitter {
     clearTimeout(this.idleTimer);
     clearTimeout(this.pongTimer);
     clearTimeout(this.reconnectTimer);
-    this.idleTimer = this.pongTimer = this.reconnectTimer = void 0;
+    clearTimeout(this.connectTimer);
+    this.idleTimer = this.pongTimer = this.reconnectTimer = this.connectTimer = void 0;
     this.heartbeatMs = 0;
   }
   /**
@@ -175,7 +181,7 @@ var Link = class extends Emitter {
     const ws = this.ws;
     if (!ws) return;
     this.ws = null;
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try {
       ws.close(code === HEARTBEAT_TIMEOUT ? 4e3 : 1e3);
     } catch {
@@ -381,8 +387,8 @@ var Waygate = class extends Link {
   }
   /** Closes the connection for good: no reconnect, no timers; waiting requests reject with `closed`. */
   close() {
-    this.stop();
     this.failPending(() => true, "closed", "the client is closed");
+    this.stop();
   }
   /** @internal A subscription saw a hole in its stream. */
   _resubscribe(sub) {
@@ -734,12 +740,18 @@ var TerminalClient = class extends Emitter {
         resolve();
       };
       ws.onerror = () => {
+        if (!opened) ws.onclose?.({ code: 1006, reason: "connection failed" });
       };
       ws.onmessage = (ev) => this.onMessage(ev.data);
       ws.onclose = (ev) => {
         if (this.ws !== ws) return;
+        ws.onclose = ws.onerror = null;
         this.ws = null;
         if (!opened) {
+          try {
+            ws.close();
+          } catch {
+          }
           reject(new WaygateError("connect_failed", `the gateway refused the terminal socket (close ${ev.code})`));
           if (!reattach) return;
         }

@@ -23,6 +23,8 @@ export interface LinkOptions {
   reconnectDelayMs?: number;
   /** Largest reconnect delay in ms (default 30 000). Each delay is jittered to 50–100 % of its value. */
   reconnectMaxDelayMs?: number;
+  /** A socket not open after this long (ms, default 10 000) is given up and retried. */
+  connectTimeoutMs?: number;
   /** A connection that stayed up this long (ms, default 10 000) resets the backoff. */
   stableAfterMs?: number;
   /**
@@ -76,6 +78,7 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(protected readonly linkOptions: LinkOptions) {
     super();
@@ -136,6 +139,7 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
     ws.binaryType = 'arraybuffer';
     ws.onopen = () => {
       if (this.ws !== ws) return;
+      clearTimeout(this.connectTimer);
       this.openedAt = this.lastRx = Date.now();
       this.opened();
     };
@@ -155,8 +159,14 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
       }
       this.frame(msg);
     };
-    // Every error is followed by a close event, which carries the information.
-    ws.onerror = () => {};
+    // An open socket's error is followed by a close event with the code. A socket that never
+    // opened may get no close event at all (Node 20's WebSocket after a reset handshake).
+    ws.onerror = () => {
+      if (this.ws === ws && !this.openedAt) this.drop(1006, 'connection failed');
+    };
+    this.connectTimer = setTimeout(() => {
+      if (this.ws === ws && !this.openedAt) this.drop(1006, 'connect timeout');
+    }, this.linkOptions.connectTimeoutMs ?? 10_000);
     ws.onclose = (ev) => {
       if (this.ws === ws) this.drop(ev.code, ev.reason);
     };
@@ -190,7 +200,8 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
     clearTimeout(this.idleTimer);
     clearTimeout(this.pongTimer);
     clearTimeout(this.reconnectTimer);
-    this.idleTimer = this.pongTimer = this.reconnectTimer = undefined;
+    clearTimeout(this.connectTimer);
+    this.idleTimer = this.pongTimer = this.reconnectTimer = this.connectTimer = undefined;
     this.heartbeatMs = 0;
   }
 
@@ -202,7 +213,7 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
     const ws = this.ws;
     if (!ws) return;
     this.ws = null;
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try {
       ws.close(code === HEARTBEAT_TIMEOUT ? 4000 : 1000);
     } catch {

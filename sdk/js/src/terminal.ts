@@ -152,12 +152,21 @@ export class TerminalClient extends Emitter<TerminalEvents> {
         this.emit('open', { reattached: reattach });
         resolve();
       };
-      ws.onerror = () => {};
+      // A socket that never opened may get no close event (Node 20's WebSocket): fail it here.
+      ws.onerror = () => {
+        if (!opened) ws.onclose?.({ code: 1006, reason: 'connection failed' });
+      };
       ws.onmessage = (ev) => this.onMessage(ev.data);
       ws.onclose = (ev) => {
         if (this.ws !== ws) return;
+        ws.onclose = ws.onerror = null;
         this.ws = null;
         if (!opened) {
+          try {
+            ws.close();
+          } catch {
+            // already closed
+          }
           reject(new WaygateError('connect_failed', `the gateway refused the terminal socket (close ${ev.code})`));
           if (!reattach) return;
         }

@@ -311,8 +311,8 @@ export class Waygate extends Link<WaygateEvents> {
 
   /** Closes the connection for good: no reconnect, no timers; waiting requests reject with `closed`. */
   close(): void {
-    this.stop();
     this.failPending(() => true, 'closed', 'the client is closed');
+    this.stop();
   }
 
   /** @internal A subscription saw a hole in its stream. */

@@ -94,15 +94,19 @@ test('messages published during repeated link cuts arrive once and in order', as
     let reconnects = 0;
     wg.on('connected', () => reconnects++);
     const total = 300;
+    let cuts = 0;
     for (let n = 1; n <= total; n++) {
       await fns.publishHttp(channel, { n });
-      if (n % 40 === 0) proxy.cut();
+      if (n % 40 === 0 && proxy.links > 0) {
+        proxy.cut();
+        cuts++;
+      }
     }
     await until(() => got.length >= total, `${total} messages (have ${got.length})`);
     await sleep(200); // anything still in flight would be a duplicate
     assert.deepEqual(got, Array.from({ length: total }, (_, i) => i + 1));
     assert.deepEqual(gaps, []);
-    assert.ok(reconnects >= 7, `reconnected ${reconnects} times`);
+    assert.ok(cuts >= 3 && reconnects >= cuts, `${cuts} cuts, ${reconnects} reconnects`);
   } finally {
     wg.close();
     await proxy.close();

@@ -235,7 +235,7 @@ export async function device(sdk, h) {
     eq([bad.status, bad.json.error.code], [502, 'tool_call_failed'], 'a throwing handler fails the call');
     eq(bad.json.error.details.deviceError, { code: 'disk_full', message: 'the disk is full' }, 'the device error');
     const view = await h.call('getToolCall', bad.json.error.details.callId);
-    eq(view.json.error, { code: 'disk_full', message: 'the disk is full' }, 'the device error is recorded');
+    eq([view.json.status, view.json.error.message], ['failed', 'the disk is full'], 'the failure is recorded');
 
     const missing = await h.call('toolCall', { capability: 'sdk-test', tool: 'nope', args: {} });
     eq(missing.json.error.code, 'tool_call_failed', 'unknown tool');
