@@ -202,6 +202,26 @@ export async function startProxy(target) {
   };
 }
 
+/** True when a Redis answers PING on 127.0.0.1:6379 (or $WAYGATE_TEST_REDIS_URL's host and port). */
+export function redisUrl() {
+  return process.env.WAYGATE_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+}
+
+export function redisReachable(url = redisUrl()) {
+  const u = new URL(url);
+  return new Promise((resolve) => {
+    const s = net.connect(Number(u.port || 6379), u.hostname);
+    const done = (ok) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.setTimeout(2000, () => done(false));
+    s.on('error', () => done(false));
+    s.on('connect', () => s.write('PING\r\n'));
+    s.on('data', (d) => done(d.toString().startsWith('+PONG')));
+  });
+}
+
 /** An HS256 JWT. */
 export function jwt(secret, claims) {
   const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');

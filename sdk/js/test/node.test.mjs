@@ -6,7 +6,19 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import * as sdk from '../dist/index.js';
-import { API_KEY, api, harnessFunctions, jwt, randomName, sleep, startProxy, startServer, until } from './harness.mjs';
+import {
+  API_KEY,
+  api,
+  harnessFunctions,
+  jwt,
+  randomName,
+  redisReachable,
+  redisUrl,
+  sleep,
+  startProxy,
+  startServer,
+  until,
+} from './harness.mjs';
 import * as scenarios from './scenarios.mjs';
 
 const HISTORY = 20;
@@ -35,12 +47,24 @@ const waitFor = (emitter, event, pred = () => true, ms = 15_000) =>
     });
   });
 
-describe('shared scenarios in Node', () => {
+// Cluster mode keeps offsets and history in Redis and may deliver a message twice around a
+// recovery: the same scenarios run there too when a Redis is reachable (always under CI=true).
+const redis = await redisReachable();
+if (!redis && process.env.CI === 'true') throw new Error(`Redis at ${redisUrl()} is required under CI=true (bash scripts/services.sh)`);
+const modes = [
+  ['embedded', false, {}],
+  ['cluster (Redis)', redis ? false : `SKIPPED: Redis at ${redisUrl()} unreachable`, {
+    REDIS_URL: redisUrl(),
+    WAYGATE_REDIS_PREFIX: `${randomName('sdk-test')}:`,
+  }],
+];
+
+for (const [mode, skip, env] of modes) describe(`shared scenarios in Node, ${mode}`, { skip }, () => {
   let server;
   let proxy;
   let h;
   before(async () => {
-    server = await startServer({ WAYGATE_HISTORY_SIZE: String(HISTORY) });
+    server = await startServer({ WAYGATE_HISTORY_SIZE: String(HISTORY), ...env });
     proxy = await startProxy(server.http);
     const fns = harnessFunctions(server, proxy, await server.user('node@example.com'));
     h = { direct: server.ws(), proxied: proxy.ws(), historySize: HISTORY, call: (name, ...args) => fns[name](...args) };
@@ -107,6 +131,35 @@ test('messages published during repeated link cuts arrive once and in order', as
     assert.deepEqual(got, Array.from({ length: total }, (_, i) => i + 1));
     assert.deepEqual(gaps, []);
     assert.ok(cuts >= 3 && reconnects >= cuts, `${cuts} cuts, ${reconnects} reconnects`);
+  } finally {
+    wg.close();
+    await proxy.close();
+    await server.stop();
+  }
+});
+
+test('reconnect delays grow, are bounded and jittered, and reset after a stable connection', async () => {
+  const server = await startServer();
+  const proxy = await startProxy(server.http);
+  const wg = new sdk.Waygate(proxy.ws(), { reconnectDelayMs: 20, reconnectMaxDelayMs: 160, stableAfterMs: 300 });
+  const delays = [];
+  wg.on('disconnected', (d) => delays.push(d.reconnectInMs));
+  try {
+    await waitFor(wg, 'connected');
+    proxy.block(true);
+    proxy.cut();
+    await until(() => delays.length >= 8, 'eight failed attempts');
+    const ceilings = [20, 40, 80, 160, 160, 160, 160, 160];
+    delays.slice(0, 8).forEach((d, i) => assert.ok(d >= ceilings[i] / 2 && d <= ceilings[i], `attempt ${i}: ${d} ms, ceiling ${ceilings[i]}`));
+    assert.ok(new Set(delays.slice(3, 8)).size > 1, `jittered: ${delays}`);
+    // Up for longer than stableAfterMs: the next loss starts from the first delay again.
+    proxy.block(false);
+    await waitFor(wg, 'connected');
+    await sleep(400);
+    const after = waitFor(wg, 'disconnected');
+    proxy.cut();
+    const d = (await after).reconnectInMs;
+    assert.ok(d >= 10 && d <= 20, `after a stable connection: ${d} ms`);
   } finally {
     wg.close();
     await proxy.close();
