@@ -74,6 +74,10 @@ var Link = class extends Emitter {
     this.heartbeatMs = 0;
     this.ctor = socketCtor(linkOptions.WebSocket);
   }
+  /** Emits one of the events every link has (the subclass's event map includes them). */
+  emitLink(event, ...args) {
+    this.emit.call(this, event, ...args);
+  }
   /** Whether to reconnect after a close with this code. */
   reconnects(_code) {
     return true;
@@ -95,7 +99,7 @@ var Link = class extends Emitter {
         try {
           ws = protocols ? new this.ctor(this.url(), protocols) : new this.ctor(this.url());
         } catch (e) {
-          this.emit("error", new WaygateError("connect_failed", String(e?.message ?? e)));
+          this.emitLink("error", new WaygateError("connect_failed", String(e?.message ?? e)));
           this.retry(1006, "connect failed");
           return;
         }
@@ -104,7 +108,7 @@ var Link = class extends Emitter {
       (e) => {
         this.starting = false;
         if (this.stopped) return;
-        this.emit("error", new WaygateError("token_unavailable", `getToken failed: ${e?.message ?? e}`));
+        this.emitLink("error", new WaygateError("token_unavailable", `getToken failed: ${e?.message ?? e}`));
         this.retry(1006, "no token");
       }
     );
@@ -201,7 +205,7 @@ var Link = class extends Emitter {
       this.reconnectTimer = setTimeout(() => this.open(), reconnectInMs);
     }
     this.lost(code, reason);
-    this.emit("disconnected", { code, reason, reconnectInMs });
+    this.emitLink("disconnected", { code, reason, reconnectInMs });
   }
   /** Stops for good: closes the socket, cancels every timer. */
   stop(code = 1e3, reason = "closed by the client") {

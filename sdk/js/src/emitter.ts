@@ -1,5 +1,5 @@
-/** Event name → listener arguments. */
-export type EventMap = { [event: string]: unknown[] };
+/** Event name → listener arguments (an interface such as `{ message: [m: Message] }`). */
+export type EventMap<E> = { [K in keyof E]: unknown[] };
 
 export type Listener<A extends unknown[]> = (...args: A) => void;
 
@@ -8,7 +8,7 @@ export type Listener<A extends unknown[]> = (...args: A) => void;
  * the same code runs in browsers and Node). A throwing listener does not stop the others: its
  * error is reported asynchronously, like an uncaught error in a DOM event handler.
  */
-export class Emitter<E extends EventMap> {
+export class Emitter<E extends EventMap<E>> {
   private listeners: { [K in keyof E]?: Set<Listener<E[K]>> } = {};
 
   /** Adds a listener; returns a function that removes it. */

@@ -42,7 +42,7 @@ export interface DisconnectInfo {
   reconnectInMs?: number;
 }
 
-export interface LinkEvents extends EventMap {
+export interface LinkEvents {
   disconnected: [info: DisconnectInfo];
   error: [error: WaygateError];
 }
@@ -65,7 +65,7 @@ export function socketCtor(given?: WebSocketCtor): WebSocketCtor {
  * `{"action":"ping"}`, and when nothing at all answers within `pongTimeoutMs` it drops the
  * socket and reconnects.
  */
-export abstract class Link<E extends LinkEvents> extends Emitter<E> {
+export abstract class Link<E extends LinkEvents & EventMap<E>> extends Emitter<E> {
   protected ws: SocketLike | null = null;
   /** `close()` was called: no more sockets, no timers. */
   protected stopped = false;
@@ -83,6 +83,11 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
   constructor(protected readonly linkOptions: LinkOptions) {
     super();
     this.ctor = socketCtor(linkOptions.WebSocket);
+  }
+
+  /** Emits one of the events every link has (the subclass's event map includes them). */
+  protected emitLink<K extends keyof LinkEvents>(event: K, ...args: LinkEvents[K]): void {
+    (this.emit as (event: K, ...args: LinkEvents[K]) => void).call(this, event, ...args);
   }
 
   /** The URL of the next socket. */
@@ -118,7 +123,7 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
         try {
           ws = protocols ? new this.ctor(this.url(), protocols) : new this.ctor(this.url());
         } catch (e) {
-          this.emit('error', new WaygateError('connect_failed', String((e as Error)?.message ?? e)));
+          this.emitLink('error', new WaygateError('connect_failed', String((e as Error)?.message ?? e)));
           this.retry(1006, 'connect failed');
           return;
         }
@@ -127,7 +132,7 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
       (e) => {
         this.starting = false;
         if (this.stopped) return;
-        this.emit('error', new WaygateError('token_unavailable', `getToken failed: ${(e as Error)?.message ?? e}`));
+        this.emitLink('error', new WaygateError('token_unavailable', `getToken failed: ${(e as Error)?.message ?? e}`));
         this.retry(1006, 'no token');
       },
     );
@@ -235,7 +240,7 @@ export abstract class Link<E extends LinkEvents> extends Emitter<E> {
       this.reconnectTimer = setTimeout(() => this.open(), reconnectInMs);
     }
     this.lost(code, reason);
-    this.emit('disconnected', { code, reason, reconnectInMs });
+    this.emitLink('disconnected', { code, reason, reconnectInMs });
   }
 
   /** Stops for good: closes the socket, cancels every timer. */

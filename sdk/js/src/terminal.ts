@@ -32,7 +32,6 @@ export interface TerminalClose {
 }
 
 export interface TerminalEvents {
-  [event: string]: unknown[];
   /** The socket is open (`reattached`: it continues an earlier session). */
   open: [info: { reattached: boolean }];
   /** Terminal output. */

@@ -69,7 +69,6 @@ export interface Presence {
 }
 
 export interface SubscriptionEvents {
-  [event: string]: unknown[];
   message: [message: ChannelMessage];
   gap: [gap: Gap];
   subscribed: [info: Subscribed];
