@@ -119,7 +119,6 @@ var Link = class extends Emitter {
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      clearTimeout(this.connectTimer);
       this.openedAt = this.lastRx = Date.now();
       this.opened();
     };
@@ -154,8 +153,12 @@ var Link = class extends Emitter {
     this.ws.send(JSON.stringify(frame));
     return true;
   }
-  /** Turns on dead-link detection with the server's heartbeat interval. */
+  /**
+   * The server accepted the connection (welcome, or a device's ack): the connect timeout
+   * ends and dead-link detection starts with the server's heartbeat interval.
+   */
   heartbeat(intervalMs) {
+    clearTimeout(this.connectTimer);
     this.heartbeatMs = intervalMs > 0 ? intervalMs : 0;
     clearTimeout(this.idleTimer);
     if (this.heartbeatMs) this.idleTimer = setTimeout(() => this.checkIdle(), this.heartbeatMs);
@@ -220,6 +223,7 @@ var Link = class extends Emitter {
 };
 
 // src/waygate.ts
+var REFUSALS = ["forbidden", "permission_denied", "bad_request", "unauthorized"];
 var MAX_BUFFERED = 1e4;
 var Subscription = class extends Emitter {
   constructor(client, channel, options = {}) {
@@ -228,6 +232,8 @@ var Subscription = class extends Emitter {
     this.channel = channel;
     /** A subscribe request is in flight: messages wait until its answer tells where to resume. */
     this.waiting = false;
+    /** Recovery requests for a hole in the stream that have not filled it yet. */
+    this.holeRetries = 0;
     this.buffer = /* @__PURE__ */ new Map();
     this.offset = options.since;
     this.epoch = options.epoch;
@@ -277,7 +283,7 @@ var Subscription = class extends Emitter {
     this.buffer.set(m.offset, m);
     if (!this.waiting) this.drain();
   }
-  /** @internal The server refused the subscription. */
+  /** @internal The server refused the subscription (for good, or for now: then it is retried). */
   _fail(err) {
     this._reset();
     this.emit("error", err);
@@ -293,18 +299,21 @@ var Subscription = class extends Emitter {
     while (this.offset !== void 0 && (next = buf.get(this.offset + 1))) {
       buf.delete(next.offset);
       this.offset = next.offset;
+      this.holeRetries = 0;
       this.emit("message", next);
     }
     if (!buf.size) return;
     for (const o of buf.keys()) if (o <= this.offset) buf.delete(o);
     if (!buf.size) return;
-    if (buf.size > MAX_BUFFERED) {
+    if (buf.size > MAX_BUFFERED || this.holeRetries >= 3) {
       const first = Math.min(...buf.keys());
       this.emit("gap", { channel: this.channel, from: this.offset, to: first - 1, epochChanged: false });
       this.offset = first - 1;
+      this.holeRetries = 0;
       this.drain();
       return;
     }
+    this.holeRetries++;
     this.client._resubscribe(this);
   }
 };
@@ -319,6 +328,7 @@ var Waygate = class extends Link {
     this.pending = /* @__PURE__ */ new Map();
     this.nextId = 0;
     this.welcomed = false;
+    this.retrySubs = /* @__PURE__ */ new Set();
     if (options.autoConnect !== false) this.open();
   }
   /** True once the server welcomed the current socket. */
@@ -374,8 +384,7 @@ var Waygate = class extends Link {
   request(action, fields = {}) {
     return new Promise((resolve, reject) => {
       if (this.stopped) return reject(new WaygateError("closed", "the client is closed"));
-      const queued = [...this.pending.values()].filter((p2) => !p2.sent).length;
-      if (!this.connected && queued >= (this.options.maxQueued ?? 1e3)) {
+      if (!this.connected && [...this.pending.values()].filter((p2) => !p2.sent).length >= (this.options.maxQueued ?? 1e3)) {
         return reject(new WaygateError("queue_full", "too many requests waiting for a connection"));
       }
       const id = ++this.nextId;
@@ -421,6 +430,9 @@ var Waygate = class extends Link {
   }
   lost() {
     this.welcomed = false;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = void 0;
+    this.retrySubs.clear();
     this.subRequests.clear();
     for (const sub of this.subs.values()) sub._reset();
     this.failPending((p) => p.sent, "connection_lost", "the connection closed before the server answered");
@@ -488,7 +500,17 @@ var Waygate = class extends Link {
     const sub = typeof m.id === "number" ? this.subRequests.get(m.id) : void 0;
     if (sub) {
       this.subRequests.delete(m.id);
-      if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      if (this.subs.get(sub.channel) !== sub) return;
+      if (REFUSALS.includes(err.code)) {
+        this.subs.delete(sub.channel);
+      } else {
+        this.retrySubs.add(sub);
+        this.retryTimer ?? (this.retryTimer = setTimeout(() => {
+          this.retryTimer = void 0;
+          for (const s of this.retrySubs) this._resubscribe(s);
+          this.retrySubs.clear();
+        }, 1e3));
+      }
       sub._fail(err);
       return;
     }
@@ -538,8 +560,13 @@ var DeviceClient = class extends Link {
    */
   start() {
     if (this.fatal) return Promise.reject(this.fatal);
+    if (this.registered && this.isOpen) return Promise.resolve(this.registered);
     return new Promise((resolve, reject) => {
-      this.first = { resolve, reject };
+      const earlier = this.first;
+      this.first = {
+        resolve: (r) => (earlier?.resolve(r), resolve(r)),
+        reject: (e) => (earlier?.reject(e), reject(e))
+      };
       this.open();
     });
   }
@@ -574,7 +601,7 @@ var DeviceClient = class extends Link {
     return false;
   }
   lost() {
-    this.sessionId = void 0;
+    this.sessionId = this.registered = void 0;
     this.abortAll("connection_lost", "the connection to the gateway dropped");
   }
   frame(m) {
@@ -588,6 +615,7 @@ var DeviceClient = class extends Link {
         this.sessionId = m.sessionId;
         this.heartbeat(m.heartbeatIntervalMs);
         const info = { deviceId: m.deviceId, sessionId: m.sessionId, heartbeatIntervalMs: m.heartbeatIntervalMs };
+        this.registered = info;
         this.first?.resolve(info);
         this.first = void 0;
         this.emit("registered", info);

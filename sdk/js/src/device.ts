@@ -65,6 +65,7 @@ interface Running {
 export class DeviceClient extends Link<DeviceClientEvents> {
   /** Set by the latest `ack`. */
   sessionId: string | undefined;
+  private registered: Registered | undefined;
   private readonly running = new Map<string, Running>();
   /** Server time minus local time, from the welcome frame (deadlines are the server's clock). */
   private skewMs = 0;
@@ -82,8 +83,13 @@ export class DeviceClient extends Link<DeviceClientEvents> {
    */
   start(): Promise<Registered> {
     if (this.fatal) return Promise.reject(this.fatal);
+    if (this.registered && this.isOpen) return Promise.resolve(this.registered);
     return new Promise((resolve, reject) => {
-      this.first = { resolve, reject };
+      const earlier = this.first;
+      this.first = {
+        resolve: (r) => (earlier?.resolve(r), resolve(r)),
+        reject: (e) => (earlier?.reject(e), reject(e)),
+      };
       this.open();
     });
   }
@@ -124,7 +130,7 @@ export class DeviceClient extends Link<DeviceClientEvents> {
   }
 
   protected lost(): void {
-    this.sessionId = undefined;
+    this.sessionId = this.registered = undefined;
     // The gateway fails a call whose device disconnected: its result would be refused.
     this.abortAll('connection_lost', 'the connection to the gateway dropped');
   }
@@ -140,6 +146,7 @@ export class DeviceClient extends Link<DeviceClientEvents> {
         this.sessionId = m.sessionId;
         this.heartbeat(m.heartbeatIntervalMs);
         const info: Registered = { deviceId: m.deviceId, sessionId: m.sessionId, heartbeatIntervalMs: m.heartbeatIntervalMs };
+        this.registered = info;
         this.first?.resolve(info);
         this.first = undefined;
         this.emit('registered', info);

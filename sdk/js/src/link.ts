@@ -23,7 +23,7 @@ export interface LinkOptions {
   reconnectDelayMs?: number;
   /** Largest reconnect delay in ms (default 30 000). Each delay is jittered to 50–100 % of its value. */
   reconnectMaxDelayMs?: number;
-  /** A socket not open after this long (ms, default 10 000) is given up and retried. */
+  /** A socket not open and greeted by the server after this long (ms, default 10 000) is given up and retried. */
   connectTimeoutMs?: number;
   /** A connection that stayed up this long (ms, default 10 000) resets the backoff. */
   stableAfterMs?: number;
@@ -144,7 +144,6 @@ export abstract class Link<E extends LinkEvents & EventMap<E>> extends Emitter<E
     ws.binaryType = 'arraybuffer';
     ws.onopen = () => {
       if (this.ws !== ws) return;
-      clearTimeout(this.connectTimer);
       this.openedAt = this.lastRx = Date.now();
       this.opened();
     };
@@ -184,8 +183,12 @@ export abstract class Link<E extends LinkEvents & EventMap<E>> extends Emitter<E
     return true;
   }
 
-  /** Turns on dead-link detection with the server's heartbeat interval. */
+  /**
+   * The server accepted the connection (welcome, or a device's ack): the connect timeout
+   * ends and dead-link detection starts with the server's heartbeat interval.
+   */
   protected heartbeat(intervalMs: number): void {
+    clearTimeout(this.connectTimer);
     this.heartbeatMs = intervalMs > 0 ? intervalMs : 0;
     clearTimeout(this.idleTimer);
     if (this.heartbeatMs) this.idleTimer = setTimeout(() => this.checkIdle(), this.heartbeatMs);

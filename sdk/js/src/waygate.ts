@@ -83,6 +83,9 @@ export interface SubscribeOptions {
   epoch?: string;
 }
 
+/** Error codes that end a subscription; any other refusal is retried. */
+const REFUSALS = ['forbidden', 'permission_denied', 'bad_request', 'unauthorized'];
+
 /** Out-of-order messages kept per subscription while a gap is being recovered. */
 const MAX_BUFFERED = 10_000;
 
@@ -97,6 +100,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   epoch: string | undefined;
   /** A subscribe request is in flight: messages wait until its answer tells where to resume. */
   private waiting = false;
+  /** Recovery requests for a hole in the stream that have not filled it yet. */
+  private holeRetries = 0;
   private readonly buffer = new Map<number, ChannelMessage>();
 
   constructor(
@@ -160,7 +165,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     if (!this.waiting) this.drain();
   }
 
-  /** @internal The server refused the subscription. */
+  /** @internal The server refused the subscription (for good, or for now: then it is retried). */
   _fail(err: WaygateError): void {
     this._reset();
     this.emit('error', err);
@@ -178,20 +183,23 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     while (this.offset !== undefined && (next = buf.get(this.offset + 1))) {
       buf.delete(next.offset);
       this.offset = next.offset;
+      this.holeRetries = 0;
       this.emit('message', next);
     }
     if (!buf.size) return;
     for (const o of buf.keys()) if (o <= this.offset!) buf.delete(o);
     if (!buf.size) return;
-    if (buf.size > MAX_BUFFERED) {
-      // Never recovered: skip to the oldest message held and say what was lost.
+    if (buf.size > MAX_BUFFERED || this.holeRetries >= 3) {
+      // Not recovered: skip to the oldest message held and say what was lost.
       const first = Math.min(...buf.keys());
       this.emit('gap', { channel: this.channel, from: this.offset!, to: first - 1, epochChanged: false });
       this.offset = first - 1;
+      this.holeRetries = 0;
       this.drain();
       return;
     }
     // A hole in the live stream (a message lost between instances): ask for the history.
+    this.holeRetries++;
     this.client._resubscribe(this);
   }
 }
@@ -221,6 +229,8 @@ export class Waygate extends Link<WaygateEvents> {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private welcomed = false;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly retrySubs = new Set<Subscription>();
   /** The connection id given by the server's welcome; changes with every reconnect. */
   connectionId: string | undefined;
 
@@ -292,8 +302,7 @@ export class Waygate extends Link<WaygateEvents> {
   request(action: string, fields: Record<string, unknown> = {}): Promise<any> {
     return new Promise((resolve, reject) => {
       if (this.stopped) return reject(new WaygateError('closed', 'the client is closed'));
-      const queued = [...this.pending.values()].filter((p) => !p.sent).length;
-      if (!this.connected && queued >= (this.options.maxQueued ?? 1000)) {
+      if (!this.connected && [...this.pending.values()].filter((p) => !p.sent).length >= (this.options.maxQueued ?? 1000)) {
         return reject(new WaygateError('queue_full', 'too many requests waiting for a connection'));
       }
       const id = ++this.nextId;
@@ -349,6 +358,9 @@ export class Waygate extends Link<WaygateEvents> {
 
   protected lost(): void {
     this.welcomed = false;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    this.retrySubs.clear();
     this.subRequests.clear();
     for (const sub of this.subs.values()) sub._reset();
     this.failPending((p) => p.sent, 'connection_lost', 'the connection closed before the server answered');
@@ -421,7 +433,18 @@ export class Waygate extends Link<WaygateEvents> {
     const sub = typeof m.id === 'number' ? this.subRequests.get(m.id) : undefined;
     if (sub) {
       this.subRequests.delete(m.id as number);
-      if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      if (this.subs.get(sub.channel) !== sub) return;
+      if (REFUSALS.includes(err.code)) {
+        this.subs.delete(sub.channel);
+      } else {
+        // e.g. `service_unavailable` while a backend restarts: ask again shortly.
+        this.retrySubs.add(sub);
+        this.retryTimer ??= setTimeout(() => {
+          this.retryTimer = undefined;
+          for (const s of this.retrySubs) this._resubscribe(s);
+          this.retrySubs.clear();
+        }, 1000);
+      }
       sub._fail(err);
       return;
     }
