@@ -253,6 +253,15 @@ export async function device(sdk, h) {
     await again;
     const after = await h.call('toolCall', { capability: 'sdk-test', tool: 'echo', args: { n: 2 } });
     eq([after.status, after.json.result.echo], [200, { n: 2 }], 'tool call after re-register');
+
+    // A dead link (nothing passes any more): the device's heartbeat notices and it registers again.
+    const third = next(dev, 'registered');
+    const lost = next(dev, 'disconnected');
+    await h.call('proxy', 'freeze');
+    eq((await lost).code, sdk.HEARTBEAT_TIMEOUT, 'the device noticed the dead link');
+    await third;
+    const last = await h.call('toolCall', { capability: 'sdk-test', tool: 'echo', args: { n: 3 } });
+    eq([last.status, last.json.result.echo], [200, { n: 3 }], 'tool call after a dead link');
   } finally {
     dev.close();
   }
