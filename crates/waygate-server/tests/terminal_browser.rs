@@ -171,7 +171,8 @@ async fn the_terminal_page_signs_in_connects_and_shows_command_output() {
     // The visible terminal shows it too (xterm's DOM renderer), not only the transcript.
     assert_eq!(cdp.eval("document.querySelector('.xterm').textContent.includes('from-the-browser-42')").await, true);
     // The session ran on the client SDK's bundle (sdk/js), the page's only terminal code.
-    let loaded = "performance.getEntriesByType('resource').some(e => e.name.endsWith('/terminal/assets/waygate-client.js'))";
+    let loaded =
+        "performance.getEntriesByType('resource').some(e => e.name.endsWith('/terminal/assets/waygate-client.js'))";
     assert_eq!(cdp.eval(loaded).await, true);
     let _ = browser.kill().await;
     stop.cancel();
