@@ -141,7 +141,8 @@ export async function api(server, method, path, { token, body } = {}) {
  * only heartbeats can tell), `block(true)` refuses new links until `block(false)`.
  */
 export async function startProxy(target) {
-  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const split = (t) => [t.slice(0, t.lastIndexOf(':')), Number(t.slice(t.lastIndexOf(':') + 1))];
+  let [host, port] = split(target);
   const links = new Set();
   let blocked = false;
   const server = net.createServer((client) => {
@@ -190,6 +191,10 @@ export async function startProxy(target) {
     },
     block(on) {
       blocked = on;
+    },
+    /** New links go to another gateway (e.g. a restarted one). */
+    retarget(addr) {
+      [host, port] = split(addr);
     },
     async close() {
       blocked = true;

@@ -138,6 +138,40 @@ test('messages published during repeated link cuts arrive once and in order', as
   }
 });
 
+test('a restarted embedded gateway lost the history: gap with epochChanged, then delivery goes on', async () => {
+  const first = await startServer();
+  const proxy = await startProxy(first.http);
+  let second;
+  const wg = new sdk.Waygate(proxy.ws(), { reconnectDelayMs: 20, reconnectMaxDelayMs: 200 });
+  try {
+    const channel = randomName('epoch');
+    const sub = wg.subscribe(channel);
+    const got = [];
+    sub.on('message', (m) => got.push([m.offset, m.data.n]));
+    await waitFor(sub, 'subscribed');
+    await harnessFunctions(first, proxy, null).publishHttp(channel, { n: 1 });
+    await harnessFunctions(first, proxy, null).publishHttp(channel, { n: 2 });
+    await until(() => got.length === 2, 'two messages');
+    const oldEpoch = sub.epoch;
+    proxy.block(true);
+    await first.stop();
+    second = await startServer();
+    proxy.retarget(second.http);
+    const gap = waitFor(sub, 'gap');
+    proxy.block(false);
+    assert.deepEqual(await gap, { channel, from: 2, to: 0, epochChanged: true });
+    assert.notEqual(sub.epoch, oldEpoch);
+    await harnessFunctions(second, proxy, null).publishHttp(channel, { n: 3 });
+    await until(() => got.length === 3, 'the first message of the new epoch');
+    assert.deepEqual(got, [[1, 1], [2, 2], [1, 3]]);
+  } finally {
+    wg.close();
+    await proxy.close();
+    await first.stop();
+    await second?.stop();
+  }
+});
+
 test('reconnect delays grow, are bounded and jittered, and reset after a stable connection', async () => {
   const server = await startServer();
   const proxy = await startProxy(server.http);
