@@ -141,7 +141,7 @@ var Link = class extends Emitter {
       if (this.ws === ws && !this.openedAt) this.drop(1006, "connection failed");
     };
     this.connectTimer = setTimeout(() => {
-      if (this.ws === ws && !this.openedAt) this.drop(1006, "connect timeout");
+      if (this.ws === ws) this.drop(1006, "connect timeout");
     }, this.linkOptions.connectTimeoutMs ?? 1e4);
     ws.onclose = (ev) => {
       if (this.ws === ws) this.drop(ev.code, ev.reason);

@@ -98,7 +98,7 @@ export abstract class Link<E extends LinkEvents & EventMap<E>> extends Emitter<E
   protected abstract opened(): void;
   /** A text frame arrived (parsed JSON, or the raw string when it is not JSON). */
   protected abstract frame(msg: any): void;
-  /** The socket is gone; `reconnect` tells whether another follows. */
+  /** The socket is gone (called before the `disconnected` event). */
   protected abstract lost(code: number, reason: string): void;
   /** Whether to reconnect after a close with this code. */
   protected reconnects(_code: number): boolean {
@@ -168,8 +168,9 @@ export abstract class Link<E extends LinkEvents & EventMap<E>> extends Emitter<E
     ws.onerror = () => {
       if (this.ws === ws && !this.openedAt) this.drop(1006, 'connection failed');
     };
+    // Cleared by `heartbeat()` once the server greeted the socket.
     this.connectTimer = setTimeout(() => {
-      if (this.ws === ws && !this.openedAt) this.drop(1006, 'connect timeout');
+      if (this.ws === ws) this.drop(1006, 'connect timeout');
     }, this.linkOptions.connectTimeoutMs ?? 10_000);
     ws.onclose = (ev) => {
       if (this.ws === ws) this.drop(ev.code, ev.reason);

@@ -2,6 +2,8 @@
 // can check (the process exits after close, tokens, terminals, a long run of cuts).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import net from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -169,6 +171,32 @@ test('a restarted embedded gateway lost the history: gap with epochChanged, then
     await proxy.close();
     await first.stop();
     await second?.stop();
+  }
+});
+
+test('a socket the server never greets is given up after connectTimeoutMs and retried', async () => {
+  // Accepts the upgrade, then says nothing (a wrong endpoint, a wedged proxy).
+  const accepted = new Set();
+  const silent = net.createServer((c) => {
+    accepted.add(c);
+    c.once('data', (req) => {
+      const key = /sec-websocket-key: *(\S+)/i.exec(req.toString())[1];
+      const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+      c.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    });
+    c.on('error', () => {});
+  });
+  await new Promise((r) => silent.listen(0, '127.0.0.1', r));
+  const wg = new sdk.Waygate(`ws://127.0.0.1:${silent.address().port}/ws`, { connectTimeoutMs: 300, reconnectDelayMs: 20 });
+  const drops = [];
+  wg.on('disconnected', (d) => drops.push(d.reason));
+  try {
+    await until(() => drops.length >= 2, 'two given-up sockets');
+    assert.deepEqual(drops.slice(0, 2), ['connect timeout', 'connect timeout']);
+  } finally {
+    wg.close();
+    for (const c of accepted) c.destroy();
+    silent.close();
   }
 });
 
